@@ -1,0 +1,256 @@
+//! Executor benchmark: prints figures, asserts nothing (run it, read it).
+//!
+//! `cargo bench -p enclave-executor` measures, in one run:
+//! - a fresh instance per job running `return 1+1`, sequentially: median and p99;
+//! - jobs/s with jobs in parallel on all cores;
+//! - CPU-bound scripts in the sandbox against the same QuickJS built natively;
+//! - resident memory per live instance and sandbox start-up time;
+//! - Node's `vm` with a new context per job, as the reference (if `node` is installed).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enclave_executor::{JobSpec, Limits, Sandbox, SandboxConfig};
+use enclave_proto::v1::{SecurityLevel, ToolResult, final_event::Outcome, run_event::Event};
+use tokio::sync::mpsc;
+
+const FIB: &str = "function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2) } return fib(25)";
+const STRINGIFY: &str = "const a = []; for (let i = 0; i < 100000; i++) a.push({id: i, name: 'item' + i, ok: i % 2 === 0}); return JSON.stringify(a).length";
+
+fn spec(code: &str) -> JobSpec {
+    JobSpec {
+        code: code.into(),
+        input_json: String::new(),
+        limits: Limits::preset(SecurityLevel::Permissive),
+    }
+}
+
+async fn run(sandbox: &Sandbox, code: &str) -> Duration {
+    let (events, mut rx) = mpsc::channel(16);
+    let (_results, results_rx) = mpsc::channel::<ToolResult>(1);
+    let started = Instant::now();
+    let done = sandbox
+        .run(spec(code), events, results_rx)
+        .await
+        .expect("no caller fault");
+    let took = started.elapsed();
+    while rx.try_recv().is_ok() {}
+    match done.outcome {
+        Some(Outcome::ResultJson(_)) => took,
+        other => panic!("benchmark job failed: {other:?}"),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
+}
+
+async fn bench() {
+    let started = Instant::now();
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            keep_resident: keep_resident(),
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    println!(
+        "sandbox start-up (snapshot + compile): {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    // Sequential fresh instances.
+    for _ in 0..500 {
+        run(&sandbox, "return 1+1").await;
+    }
+    let mut samples: Vec<Duration> = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        samples.push(run(&sandbox, "return 1+1").await);
+    }
+    samples.sort();
+    let seq_median = percentile(&samples, 0.5);
+    println!(
+        "fresh instance, `return 1+1`, sequential: median {:.1} µs, p99 {:.1} µs ({} jobs)",
+        micros(seq_median),
+        micros(percentile(&samples, 0.99)),
+        samples.len()
+    );
+
+    // Parallel throughput: as many workers as cores, each running jobs back to back.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let per_worker = 10_000;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_worker {
+                    run(&sandbox, "return 1+1").await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "fresh instance, `return 1+1`, {workers} parallel workers: {:.0} jobs/s",
+        (workers * per_worker) as f64 / elapsed.as_secs_f64()
+    );
+
+    // CPU-bound work against the same engine built natively.
+    for (name, code) in [
+        ("fib(25)", FIB),
+        ("100k objects + JSON.stringify", STRINGIFY),
+    ] {
+        let sandboxed = best_of(5, || async { run(&sandbox, code).await }).await;
+        let native = best_of_sync(5, || native_quickjs(code));
+        println!(
+            "{name}: sandbox {:.1} ms, native QuickJS {:.1} ms, ratio {:.2}x",
+            sandboxed.as_secs_f64() * 1e3,
+            native.as_secs_f64() * 1e3,
+            sandboxed.as_secs_f64() / native.as_secs_f64()
+        );
+    }
+
+    live_instance_memory(&sandbox).await;
+    node_reference(seq_median);
+}
+
+async fn best_of<F, Fut>(n: usize, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let mut best = Duration::MAX;
+    for _ in 0..n {
+        best = best.min(f().await);
+    }
+    best
+}
+
+fn best_of_sync(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..n).map(|_| f()).min().unwrap()
+}
+
+/// The same QuickJS (rquickjs 0.14) compiled for the host, same wrapper shape.
+fn native_quickjs(code: &str) -> Duration {
+    let rt = rquickjs::Runtime::new().unwrap();
+    let ctx = rquickjs::Context::full(&rt).unwrap();
+    ctx.with(|ctx| {
+        let source = format!("(function () {{{code}\n}})()");
+        let started = Instant::now();
+        let _: rquickjs::Value = ctx.eval(source).unwrap();
+        started.elapsed()
+    })
+}
+
+/// Holds many jobs alive at once (each waiting for a tool result) and divides the
+/// growth of the process's resident memory by their number.
+async fn live_instance_memory(sandbox: &Arc<Sandbox>) {
+    const LIVE: usize = 200;
+    let before = rss_bytes();
+    let mut holds = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..LIVE {
+        let (events, mut events_rx) = mpsc::channel(16);
+        let (results_tx, results_rx) = mpsc::channel::<ToolResult>(1);
+        let sandbox = sandbox.clone();
+        tasks.push(tokio::spawn(async move {
+            sandbox
+                .run(spec("return await callTool('hold', 1)"), events, results_rx)
+                .await
+        }));
+        // Wait for the tool call: the instance is now live and parked.
+        let call = match events_rx.recv().await {
+            Some(Event::ToolCall(call)) => call,
+            other => panic!("{other:?}"),
+        };
+        holds.push((results_tx, call, events_rx));
+    }
+    let during = rss_bytes();
+    println!(
+        "resident memory per live instance: {:.0} KiB ({LIVE} live, process RSS {:.1} -> {:.1} MiB)",
+        (during.saturating_sub(before)) as f64 / LIVE as f64 / 1024.0,
+        before as f64 / (1 << 20) as f64,
+        during as f64 / (1 << 20) as f64
+    );
+    for (tx, call, _rx) in holds {
+        let _ = tx
+            .send(ToolResult {
+                call_id: call.call_id,
+                outcome: Some(enclave_proto::v1::tool_result::Outcome::ResultJson(
+                    "1".into(),
+                )),
+            })
+            .await;
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}
+
+fn keep_resident() -> usize {
+    std::env::var("ENCLAVE_BENCH_KEEP_RESIDENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Node's `vm` module with a new context per job: the usual JavaScript sandbox.
+fn node_reference(ours: Duration) {
+    let script = r#"
+const vm = require('vm');
+const s = [];
+for (let i = 0; i < 500; i++) vm.runInNewContext('1+1');
+for (let i = 0; i < 3000; i++) { const t = process.hrtime.bigint(); vm.runInNewContext('1+1'); s.push(Number(process.hrtime.bigint() - t) / 1000); }
+s.sort((a, b) => a - b);
+console.log(s[Math.floor(s.length / 2)].toFixed(1), s[Math.floor(s.length * 0.99)].toFixed(1));
+"#;
+    match Command::new("node").arg("-e").arg(script).output() {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut parts = text.split_whitespace();
+            let median: f64 = parts
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(f64::NAN);
+            let p99: f64 = parts
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(f64::NAN);
+            println!(
+                "reference: Node vm.runInNewContext('1+1'): median {median:.1} µs, p99 {p99:.1} µs; sandbox is {:.1}x faster at the median",
+                median / micros(ours)
+            );
+        }
+        _ => println!("reference: node not available"),
+    }
+}

@@ -1,0 +1,358 @@
+//! Per-job host state and the `enclave` imports the guest calls.
+//!
+//! Every limit a script must not be able to bypass is enforced here, on the host side
+//! of the boundary: the import returns an error (a [`Breach`]), wasmtime unwinds the
+//! guest, and the instance is thrown away. Nothing the script does can catch it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Instant;
+
+use enclave_proto::v1::{
+    ConsoleEvent, ConsoleLevel, ErrorCode, ToolCall, ToolResult, run_event::Event,
+    tool_result::Outcome as ToolOutcome,
+};
+use tokio::sync::mpsc;
+use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
+
+use crate::limits::Limits;
+
+const MODULE: &str = "enclave";
+
+/// Why the host ended a job early. Carried through wasmtime as the trap's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breach {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Breach {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Breach {
+        Breach {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Breach {
+        Breach::new(ErrorCode::Internal, message)
+    }
+    pub fn timeout(limits: &Limits) -> Breach {
+        Breach::new(
+            ErrorCode::Timeout,
+            format!(
+                "the job exceeded its time limit of {} ms",
+                limits.timeout.as_millis()
+            ),
+        )
+    }
+}
+
+impl fmt::Display for Breach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Breach {}
+
+/// A protocol error by whoever drives the job (not the script): the stream is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CallerFault(pub String);
+
+/// What the guest reported through `finish`.
+#[derive(Debug)]
+pub enum GuestOutcome {
+    Result(String),
+    /// Guest outcome kind (see guest/src/lib.rs) and the error's JSON description.
+    Error(i32, String),
+}
+
+/// Caps the sandbox's linear memory and remembers whether it had to refuse growth, so a
+/// trap that follows can be reported as MEMORY_LIMIT.
+#[derive(Debug, Default)]
+pub struct MemoryCap {
+    pub max_bytes: usize,
+    pub peak_bytes: usize,
+    pub refused: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        self.peak_bytes = self.peak_bytes.max(desired).max(current);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+pub struct JobState {
+    pub limits: Limits,
+    pub started: Instant,
+    pub deadline: Instant,
+    pub memory_cap: MemoryCap,
+    pub memory: Option<Memory>,
+    events: mpsc::Sender<Event>,
+    tool_results: mpsc::Receiver<ToolResult>,
+    next_call_id: u32,
+    pending_calls: HashSet<u32>,
+    /// Payload announced by the last `tool_wait`, copied out by `tool_take`.
+    taken: Vec<u8>,
+    pub tool_calls: u32,
+    pub console_bytes: u64,
+    pub outcome: Option<GuestOutcome>,
+    /// Set when the caller broke the protocol; ends the job without a final event.
+    pub caller_fault: Option<String>,
+}
+
+impl JobState {
+    pub fn new(
+        limits: Limits,
+        memory_baseline: usize,
+        events: mpsc::Sender<Event>,
+        tool_results: mpsc::Receiver<ToolResult>,
+    ) -> JobState {
+        let started = Instant::now();
+        let max_bytes = memory_baseline.saturating_add(limits.memory_bytes as usize);
+        JobState {
+            deadline: started + limits.timeout,
+            started,
+            memory_cap: MemoryCap {
+                max_bytes,
+                peak_bytes: 0,
+                refused: false,
+            },
+            memory: None,
+            limits,
+            events,
+            tool_results,
+            next_call_id: 1,
+            pending_calls: HashSet::new(),
+            taken: Vec::new(),
+            tool_calls: 0,
+            console_bytes: 0,
+            outcome: None,
+            caller_fault: None,
+        }
+    }
+
+    async fn emit(&self, event: Event) -> Result<(), Breach> {
+        match tokio::time::timeout_at(self.deadline.into(), self.events.send(event)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Breach::new(ErrorCode::Cancelled, "the caller went away")),
+            Err(_) => Err(Breach::timeout(&self.limits)),
+        }
+    }
+}
+
+fn guest_bytes(caller: &Caller<'_, JobState>, ptr: i32, len: i32) -> Result<Vec<u8>, Breach> {
+    let memory = caller
+        .data()
+        .memory
+        .ok_or_else(|| Breach::internal("guest memory missing"))?;
+    let start = ptr as u32 as usize;
+    memory
+        .data(caller)
+        .get(start..start.saturating_add(len as u32 as usize))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| Breach::internal("guest passed a buffer outside its memory"))
+}
+
+fn console_level(level: i32) -> ConsoleLevel {
+    ConsoleLevel::try_from(level).unwrap_or(ConsoleLevel::Log)
+}
+
+pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        MODULE,
+        "console",
+        |caller: Caller<'_, JobState>, (level, ptr, len): (i32, i32, i32)| {
+            Box::new(async move {
+                console(caller, level, ptr, len)
+                    .await
+                    .map_err(wasmtime::Error::new)
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        MODULE,
+        "tool_start",
+        |caller: Caller<'_, JobState>,
+         (name_ptr, name_len, args_ptr, args_len): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                tool_start(caller, name_ptr, name_len, args_ptr, args_len)
+                    .await
+                    .map_err(wasmtime::Error::new)
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        MODULE,
+        "tool_wait",
+        |caller: Caller<'_, JobState>, (): ()| Box::new(async move { tool_wait(caller).await }),
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "tool_take",
+        |mut caller: Caller<'_, JobState>, ptr: i32| -> wasmtime::Result<()> {
+            let payload = std::mem::take(&mut caller.data_mut().taken);
+            let memory = caller
+                .data()
+                .memory
+                .ok_or_else(|| Breach::internal("guest memory missing"))?;
+            memory
+                .write(&mut caller, ptr as u32 as usize, &payload)
+                .map_err(|_| Breach::internal("guest passed a buffer outside its memory"))?;
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "finish",
+        |mut caller: Caller<'_, JobState>, kind: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
+            let limit = caller.data().limits.max_result_bytes;
+            if kind == 0 && len as u32 as u64 > limit {
+                return Err(Breach::new(
+                    ErrorCode::ResultTooLarge,
+                    format!(
+                        "the result is {} bytes of JSON; the limit is {limit}",
+                        len as u32
+                    ),
+                )
+                .into());
+            }
+            let bytes = guest_bytes(&caller, ptr, len)?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            caller.data_mut().outcome = Some(if kind == 0 {
+                GuestOutcome::Result(text)
+            } else {
+                GuestOutcome::Error(kind, text)
+            });
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+async fn console(
+    caller: Caller<'_, JobState>,
+    level: i32,
+    ptr: i32,
+    len: i32,
+) -> Result<(), Breach> {
+    let state = caller.data();
+    let total = state.console_bytes.saturating_add(len as u32 as u64);
+    if total > state.limits.max_console_bytes {
+        return Err(Breach::new(
+            ErrorCode::OutputLimit,
+            format!(
+                "console output exceeded its limit of {} bytes",
+                state.limits.max_console_bytes
+            ),
+        ));
+    }
+    let bytes = guest_bytes(&caller, ptr, len)?;
+    let mut caller = caller;
+    caller.data_mut().console_bytes = total;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let event = Event::Console(ConsoleEvent {
+        level: console_level(level) as i32,
+        text,
+    });
+    caller.data().emit(event).await
+}
+
+async fn tool_start(
+    mut caller: Caller<'_, JobState>,
+    name_ptr: i32,
+    name_len: i32,
+    args_ptr: i32,
+    args_len: i32,
+) -> Result<u32, Breach> {
+    let state = caller.data();
+    if state.tool_calls >= state.limits.max_tool_calls {
+        return Err(Breach::new(
+            ErrorCode::ToolCallLimit,
+            format!(
+                "the job made more than its limit of {} tool calls",
+                state.limits.max_tool_calls
+            ),
+        ));
+    }
+    let args_bytes = args_len as u32 as u64;
+    if args_bytes > state.limits.max_tool_args_bytes {
+        return Err(Breach::new(
+            ErrorCode::ToolCallLimit,
+            format!(
+                "tool call arguments are {args_bytes} bytes of JSON; the limit is {}",
+                state.limits.max_tool_args_bytes
+            ),
+        ));
+    }
+    let name = String::from_utf8_lossy(&guest_bytes(&caller, name_ptr, name_len)?).into_owned();
+    let args_json =
+        String::from_utf8_lossy(&guest_bytes(&caller, args_ptr, args_len)?).into_owned();
+    let state = caller.data_mut();
+    state.tool_calls += 1;
+    let call_id = state.next_call_id;
+    state.next_call_id += 1;
+    state.pending_calls.insert(call_id);
+    state
+        .emit(Event::ToolCall(ToolCall {
+            call_id: call_id.into(),
+            name,
+            args_json,
+        }))
+        .await?;
+    Ok(call_id)
+}
+
+/// Waits for the next tool result, whichever call it answers.
+async fn tool_wait(mut caller: Caller<'_, JobState>) -> wasmtime::Result<u64> {
+    let state = caller.data_mut();
+    let result = match tokio::time::timeout_at(state.deadline.into(), state.tool_results.recv())
+        .await
+    {
+        Ok(Some(result)) => result,
+        Ok(None) => return Err(Breach::new(ErrorCode::Cancelled, "the caller went away").into()),
+        Err(_) => return Err(Breach::timeout(&state.limits).into()),
+    };
+    let call_id = u32::try_from(result.call_id)
+        .ok()
+        .filter(|id| state.pending_calls.remove(id));
+    let Some(call_id) = call_id else {
+        let message = format!(
+            "tool result for call id {}, which is not pending",
+            result.call_id
+        );
+        state.caller_fault = Some(message.clone());
+        return Err(CallerFault(message).into());
+    };
+    let (is_error, payload) = match result.outcome {
+        Some(ToolOutcome::ResultJson(json)) => (false, json.into_bytes()),
+        Some(ToolOutcome::Error(message)) => (true, message.into_bytes()),
+        None => (true, b"the tool returned nothing".to_vec()),
+    };
+    if payload.len() > 0x7fff_ffff {
+        return Err(Breach::internal("tool result too large").into());
+    }
+    let packed = (u64::from(call_id) << 32) | (u64::from(is_error) << 31) | payload.len() as u64;
+    state.taken = payload;
+    Ok(packed)
+}

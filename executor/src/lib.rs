@@ -1,0 +1,20 @@
+//! The enclave executor: runs untrusted JavaScript, one fresh wasmtime instance per job.
+//!
+//! # Layout
+//! - [`sandbox`]: the engine, the Wizer snapshot of the QuickJS guest, running a job.
+//! - [`host`]: per-job state and the `enclave` imports, where limits are enforced.
+//! - [`wasi`]: the handful of WASI functions the guest's libc needs, stubbed.
+//! - [`limits`]: security-level presets, overrides, ceilings.
+//! - [`server`]: the `enclave.v1.Executor` gRPC service, health, reflection, draining.
+//!
+//! Executors hold no secrets and make no outbound connections: a script reaches the
+//! world only through tool calls, which travel back to the broker on the job's stream.
+
+pub mod host;
+pub mod limits;
+pub mod sandbox;
+pub mod server;
+pub mod wasi;
+
+pub use limits::Limits;
+pub use sandbox::{JobSpec, Sandbox, SandboxConfig, SandboxError};

@@ -1,0 +1,94 @@
+//! `enclave-executor`: serves the Executor gRPC service. Every flag also reads an
+//! `ENCLAVE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use enclave_executor::server::{ExecutorService, ServerConfig};
+use enclave_executor::{Limits, Sandbox, SandboxConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "enclave-executor",
+    version,
+    about = "Runs untrusted JavaScript jobs in fresh wasmtime instances"
+)]
+struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ENCLAVE_LISTEN", default_value = "127.0.0.1:7701")]
+    listen: SocketAddr,
+    /// Jobs running at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ENCLAVE_MAX_JOBS", default_value_t = 256)]
+    max_jobs: u32,
+    /// Ceiling on any job's timeout, in milliseconds.
+    #[arg(long, env = "ENCLAVE_MAX_TIMEOUT_MS", default_value_t = 60_000)]
+    max_timeout_ms: u64,
+    /// Ceiling on any job's heap, in MiB.
+    #[arg(long, env = "ENCLAVE_MAX_MEMORY_MIB", default_value_t = 128)]
+    max_memory_mib: u64,
+    /// Native stack for wasm code in KiB; bounds script recursion depth.
+    #[arg(long, env = "ENCLAVE_MAX_WASM_STACK_KIB", default_value_t = 512)]
+    max_wasm_stack_kib: usize,
+    /// Largest script accepted, in KiB.
+    #[arg(long, env = "ENCLAVE_MAX_CODE_KIB", default_value_t = 1024)]
+    max_code_kib: usize,
+    /// Seconds running jobs get to finish after SIGTERM.
+    #[arg(long, env = "ENCLAVE_DRAIN_GRACE_SECS", default_value_t = 30)]
+    drain_grace_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENCLAVE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let started = Instant::now();
+    let mut ceiling = Limits::ceiling();
+    ceiling.timeout = Duration::from_millis(args.max_timeout_ms);
+    ceiling.memory_bytes = args.max_memory_mib << 20;
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_jobs: args.max_jobs,
+        ceiling,
+        max_wasm_stack: args.max_wasm_stack_kib << 10,
+        ..SandboxConfig::default()
+    })
+    .await
+    .context("starting the sandbox")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "executor serving"
+    );
+    let service = ExecutorService::new(
+        Arc::new(sandbox),
+        ServerConfig {
+            max_code_bytes: args.max_code_kib << 10,
+            drain_grace: Duration::from_secs(args.drain_grace_secs),
+            ..ServerConfig::default()
+        },
+    );
+    enclave_executor::server::serve(listener, service, shutdown_signal()).await?;
+    tracing::info!("executor stopped");
+    Ok(())
+}
+
+/// SIGTERM (docker stop) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

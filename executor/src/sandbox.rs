@@ -1,0 +1,425 @@
+//! The sandbox: one wasmtime engine, one pre-initialised QuickJS module, and a fresh
+//! instance of it for every job.
+//!
+//! At start-up the guest is instantiated once, its `wizer-initialize` builds the engine
+//! (runtime, context, prelude), and Wizer snapshots the result into a new module. Jobs
+//! then instantiate that snapshot from the pooling allocator: its memory is mapped
+//! copy-on-write from the module image, so a job pays neither engine start-up nor a
+//! copy of the heap, and nothing one job does is visible to the next.
+
+use std::time::{Duration, Instant};
+
+use enclave_proto::v1::{
+    ErrorCode, FinalEvent, JobError, JobStats, ToolResult, final_event, run_event::Event,
+};
+use tokio::sync::mpsc;
+use wasmtime::{
+    Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
+    ModuleExport, PoolingAllocationConfig, Store, Trap, TypedFunc, UpdateDeadline,
+};
+use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
+
+use crate::host::{self, Breach, CallerFault, GuestOutcome, JobState};
+use crate::limits::{LimitError, Limits};
+use crate::wasi;
+
+/// The guest module as built by build.rs (QuickJS compiled to wasm32-wasip1).
+pub const GUEST_WASM: &[u8] = include_bytes!(env!("ENCLAVE_GUEST_WASM"));
+
+/// How often the epoch advances. Timeouts are checked, and running jobs yield to other
+/// tasks, at this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Room in a pooled memory slot beyond the largest job heap, for the engine's own
+/// baseline (static data, shadow stack, the snapshot's heap).
+const MEMORY_SLOT_SLACK: usize = 32 << 20;
+
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Jobs running at once; sizes the instance pool.
+    pub max_concurrent_jobs: u32,
+    /// No job's limits may exceed these.
+    pub ceiling: Limits,
+    /// Native stack for wasm code, which bounds how deeply a script can recurse.
+    pub max_wasm_stack: usize,
+    /// Bytes of each pooled linear memory kept mapped between jobs (reset with memset
+    /// rather than returned to the kernel): faster reuse for the pages every job touches.
+    pub keep_resident: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_concurrent_jobs: 256,
+            ceiling: Limits::ceiling(),
+            max_wasm_stack: 512 << 10,
+            keep_resident: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("configuring wasmtime: {0}")]
+    Engine(String),
+    #[error("pre-initialising the guest: {0}")]
+    Snapshot(String),
+}
+
+/// A job ready to run: code, optional JSON input, and resolved limits.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub code: String,
+    pub input_json: String,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Copy)]
+struct Exports {
+    memory: ModuleExport,
+    alloc: ModuleExport,
+    run: ModuleExport,
+}
+
+pub struct Sandbox {
+    engine: Engine,
+    pre: InstancePre<JobState>,
+    exports: Exports,
+    /// Linear memory the snapshot starts with; a job's heap limit comes on top.
+    memory_baseline: usize,
+    config: SandboxConfig,
+}
+
+impl Sandbox {
+    /// Configures the engine, snapshots the guest and compiles the snapshot. Takes a
+    /// couple of seconds (two Cranelift compilations); done once per process.
+    pub async fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let engine = engine(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasi::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let snapshot = snapshot(&engine, &linker)
+            .await
+            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
+        let module = Module::new(&engine, &snapshot)
+            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
+        linker
+            .define_unknown_imports_as_traps(&module)
+            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
+        let export = |name: &str| {
+            module.get_export_index(name).ok_or_else(|| {
+                SandboxError::Snapshot(format!("the guest does not export `{name}`"))
+            })
+        };
+        let exports = Exports {
+            memory: export("memory")?,
+            alloc: export("alloc")?,
+            run: export("run")?,
+        };
+        let memory_baseline = match module.get_export("memory") {
+            Some(wasmtime::ExternType::Memory(m)) => (m.minimum() as usize) * (1 << 16),
+            _ => return Err(SandboxError::Snapshot("the guest exports no memory".into())),
+        };
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
+        spawn_epoch_ticker(&engine);
+        Ok(Sandbox {
+            engine,
+            pre,
+            exports,
+            memory_baseline,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The limits a job gets: its level's preset, its overrides, within our ceilings.
+    pub fn limits_for(&self, job: &enclave_proto::v1::Job) -> Result<Limits, LimitError> {
+        Limits::resolve(job.level(), job.limits.as_ref(), &self.config.ceiling)
+    }
+
+    /// Runs one job in a fresh instance. Console events and tool calls go to `events`;
+    /// tool results come from `tool_results`. Returns the final event, or the caller's
+    /// protocol fault. Dropping the future stops the job at once.
+    pub async fn run(
+        &self,
+        spec: JobSpec,
+        events: mpsc::Sender<Event>,
+        tool_results: mpsc::Receiver<ToolResult>,
+    ) -> Result<FinalEvent, CallerFault> {
+        let state = JobState::new(
+            spec.limits.clone(),
+            self.memory_baseline,
+            events,
+            tool_results,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory_cap);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            if Instant::now() >= state.deadline {
+                Err(Breach::timeout(&state.limits).into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let run = self.drive(&mut store, &spec).await;
+        let state = store.data();
+        let stats = JobStats {
+            duration_us: state.started.elapsed().as_micros() as u64,
+            tool_calls: state.tool_calls,
+            console_bytes: state.console_bytes,
+            memory_bytes: state.memory_cap.peak_bytes.max(self.memory_baseline) as u64,
+        };
+        let outcome = match run {
+            Ok(()) => guest_outcome(state.outcome.as_ref(), &spec),
+            Err(error) => {
+                if let Some(fault) = error.downcast_ref::<CallerFault>() {
+                    return Err(CallerFault(fault.0.clone()));
+                }
+                final_event::Outcome::Error(trap_error(&error, state))
+            }
+        };
+        Ok(FinalEvent {
+            outcome: Some(outcome),
+            stats: Some(stats),
+        })
+    }
+
+    async fn drive(&self, store: &mut Store<JobState>, spec: &JobSpec) -> wasmtime::Result<()> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let memory = match instance.get_module_export(&mut *store, &self.exports.memory) {
+            Some(Extern::Memory(m)) => m,
+            _ => return Err(Breach::internal("guest memory missing").into()),
+        };
+        store.data_mut().memory = Some(memory);
+        let func = |store: &mut Store<JobState>, export: &ModuleExport| {
+            instance
+                .get_module_export(&mut *store, export)
+                .and_then(Extern::into_func)
+                .ok_or_else(|| wasmtime::Error::new(Breach::internal("guest export missing")))
+        };
+        let alloc: TypedFunc<u32, u32> = func(store, &self.exports.alloc)?.typed(&*store)?;
+        let run: TypedFunc<(u32, u32, u32, u32, u64, u64), ()> =
+            func(store, &self.exports.run)?.typed(&*store)?;
+        let code = copy_in(store, &alloc, memory, spec.code.as_bytes()).await?;
+        let input = copy_in(store, &alloc, memory, spec.input_json.as_bytes()).await?;
+        let seed: u64 = rand::random();
+        run.call_async(
+            &mut *store,
+            (
+                code.0,
+                code.1,
+                input.0,
+                input.1,
+                seed,
+                spec.limits.memory_bytes,
+            ),
+        )
+        .await
+    }
+}
+
+async fn copy_in(
+    store: &mut Store<JobState>,
+    alloc: &TypedFunc<u32, u32>,
+    memory: Memory,
+    bytes: &[u8],
+) -> wasmtime::Result<(u32, u32)> {
+    let len = u32::try_from(bytes.len()).map_err(|_| Breach::internal("job too large"))?;
+    let ptr = alloc.call_async(&mut *store, len).await?;
+    memory.write(&mut *store, ptr as usize, bytes)?;
+    Ok((ptr, len))
+}
+
+fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
+    let jobs = config.max_concurrent_jobs.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    // One extra slot for the snapshot instance made at start-up.
+    pool.total_core_instances(jobs + 1)
+        .total_memories(jobs + 1)
+        .total_tables(jobs + 1)
+        .total_stacks(jobs + 1)
+        .max_memory_size(config.ceiling.memory_bytes as usize + MEMORY_SLOT_SLACK)
+        .linear_memory_keep_resident(config.keep_resident);
+    let mut c = Config::new();
+    c.epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .async_stack_size(config.max_wasm_stack + (1 << 20))
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&c)
+}
+
+/// Advances the engine's epoch until the engine is gone.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("enclave-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Runs the guest's initialisation and snapshots the initialised instance.
+async fn snapshot(engine: &Engine, linker: &Linker<JobState>) -> wasmtime::Result<Vec<u8>> {
+    let wizer = Wizer::new();
+    let (cx, instrumented) = wizer.instrument(GUEST_WASM)?;
+    let module = Module::new(engine, &instrumented)?;
+    let mut linker = linker.clone();
+    linker.define_unknown_imports_as_traps(&module)?;
+    let (events, _) = mpsc::channel(1);
+    let (_, tool_results) = mpsc::channel(1);
+    let state = JobState::new(Limits::ceiling(), usize::MAX / 2, events, tool_results);
+    let mut store = Store::new(engine, state);
+    store.set_epoch_deadline(1 << 40);
+    let instance = linker.instantiate_async(&mut store, &module).await?;
+    if let Some(init) = instance.get_func(&mut store, "_initialize") {
+        init.typed::<(), ()>(&store)?
+            .call_async(&mut store, ())
+            .await?;
+    }
+    instance
+        .get_typed_func::<(), ()>(&mut store, wizer.get_init_func())?
+        .call_async(&mut store, ())
+        .await?;
+    wizer
+        .snapshot(
+            &cx,
+            &mut Snapshotting {
+                store: &mut store,
+                instance,
+            },
+        )
+        .await
+}
+
+struct Snapshotting<'a> {
+    store: &'a mut Store<JobState>,
+    instance: wasmtime::Instance,
+}
+
+impl InstanceState for Snapshotting<'_> {
+    async fn global_get(&mut self, name: &str, _: ValType) -> SnapshotVal {
+        let global = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .expect("wizer names exported globals");
+        match global.get(&mut *self.store) {
+            wasmtime::Val::I32(x) => SnapshotVal::I32(x),
+            wasmtime::Val::I64(x) => SnapshotVal::I64(x),
+            wasmtime::Val::F32(x) => SnapshotVal::F32(x),
+            wasmtime::Val::F64(x) => SnapshotVal::F64(x),
+            wasmtime::Val::V128(x) => SnapshotVal::V128(x.as_u128()),
+            other => panic!("unsupported global type in the guest: {other:?}"),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        let memory = self
+            .instance
+            .get_memory(&mut *self.store, name)
+            .expect("wizer names exported memories");
+        contents(memory.data(&*self.store))
+    }
+}
+
+/// The guest finished normally: its own report.
+fn guest_outcome(outcome: Option<&GuestOutcome>, spec: &JobSpec) -> final_event::Outcome {
+    match outcome {
+        Some(GuestOutcome::Result(json)) => final_event::Outcome::ResultJson(json.clone()),
+        Some(GuestOutcome::Error(kind, json)) => {
+            let code = match kind {
+                1 => ErrorCode::ScriptError,
+                2 => ErrorCode::SyntaxError,
+                3 => ErrorCode::MemoryLimit,
+                _ => ErrorCode::Internal,
+            };
+            final_event::Outcome::Error(script_error(code, json, spec))
+        }
+        None => final_event::Outcome::Error(JobError {
+            code: ErrorCode::Internal as i32,
+            message: "the engine ended without reporting an outcome".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Turns the guest's JSON error description into a JobError.
+fn script_error(code: ErrorCode, json: &str, spec: &JobSpec) -> JobError {
+    let parsed: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let text = |k: &str| {
+        parsed
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut message = text("message");
+    if message.is_empty() && parsed.is_null() {
+        message = json.to_string();
+    }
+    if code == ErrorCode::MemoryLimit {
+        message = format!(
+            "the job exceeded its memory limit of {} bytes",
+            spec.limits.memory_bytes
+        );
+    }
+    // An error at the very end of the input (a missing brace) points at the wrapper's
+    // closing line, one past the script's last: report the script's last line instead.
+    let last_line = spec.code.lines().count().max(1) as u64;
+    let line = parsed
+        .get("line")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+        .min(last_line);
+    JobError {
+        code: code as i32,
+        message,
+        name: text("name"),
+        line: line as u32,
+        stack: text("stack"),
+    }
+}
+
+/// The guest was stopped: by a host-side limit, a wasm trap, or a memory refusal.
+fn trap_error(error: &wasmtime::Error, state: &JobState) -> JobError {
+    let (code, message) = if let Some(breach) = error.downcast_ref::<Breach>() {
+        (breach.code, breach.message.clone())
+    } else if state.memory_cap.refused {
+        (
+            ErrorCode::MemoryLimit,
+            format!(
+                "the job exceeded its memory limit of {} bytes",
+                state.limits.memory_bytes
+            ),
+        )
+    } else if let Some(trap) = error.downcast_ref::<Trap>() {
+        match trap {
+            Trap::StackOverflow => (
+                ErrorCode::StackOverflow,
+                "maximum call stack size exceeded: the script recursed too deeply".to_string(),
+            ),
+            other => (ErrorCode::Internal, format!("the engine stopped: {other}")),
+        }
+    } else {
+        (
+            ErrorCode::Internal,
+            format!("the engine stopped: {error:#}"),
+        )
+    };
+    JobError {
+        code: code as i32,
+        message,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,239 @@
+//! The real `enclave-executor` binary: start-up, health, and draining on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use enclave_proto::v1::{ErrorCode, RunRequest, SecurityLevel, run_event::Event, run_request::Msg};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::support::*;
+
+/// A child process that is killed if the test fails before it exits.
+pub struct Executor {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Executor {
+    pub fn start(extra: &[&str]) -> Executor {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_enclave-executor"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enclave-executor");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && line.contains("executor serving") {
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next())
+                        .map(str::to_owned);
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .expect("executor announces its address");
+        Executor {
+            child,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "executor did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_and_a_job_on_the_real_binary() {
+    let exec = Executor::start(&[]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", exec.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "enclave.v1.Executor"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.status(), ServingStatus::Serving, "{service}");
+    }
+    let t = run_with(
+        &mut client_for(exec.addr).await,
+        job("return 6 * 7"),
+        Box::new(|c| Some(echo(c))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.result(), json!(42));
+}
+
+#[tokio::test]
+async fn sigterm_drains_running_jobs_and_refuses_new_ones() {
+    let mut exec = Executor::start(&[]);
+    // A job waiting for its tool result while the executor is told to stop.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(RunRequest {
+        msg: Some(Msg::Job(job(
+            "const r = await callTool('echo', 'late'); return r",
+        ))),
+    })
+    .await
+    .unwrap();
+    let mut stream = client_for(exec.addr)
+        .await
+        .run(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let call = match stream.message().await.unwrap().unwrap().event {
+        Some(Event::ToolCall(call)) => call,
+        other => panic!("{other:?}"),
+    };
+    exec.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // New jobs are refused.
+    match ExecutorClientConnect::try_job(exec.addr).await {
+        Err(code) => assert!(
+            matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ),
+            "{code:?}"
+        ),
+        Ok(()) => panic!("a new job was accepted while draining"),
+    }
+
+    // The running job still completes.
+    tx.send(RunRequest {
+        msg: Some(Msg::ToolResult(echo(&call))),
+    })
+    .await
+    .unwrap();
+    let mut last = None;
+    while let Some(e) = stream.message().await.unwrap() {
+        last = e.event;
+    }
+    match last {
+        Some(Event::Final(f)) => {
+            assert_eq!(
+                f.outcome,
+                Some(enclave_proto::v1::final_event::Outcome::ResultJson(
+                    "\"late\"".into()
+                ))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(exec.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn jobs_still_running_after_the_grace_period_are_cancelled() {
+    let mut exec = Executor::start(&["--drain-grace-secs", "1"]);
+    let (tx, rx) = mpsc::channel(4);
+    let spin = job_with(
+        "console.log('go'); await null; while (true) {}",
+        SecurityLevel::Permissive,
+        Default::default(),
+    );
+    tx.send(RunRequest {
+        msg: Some(Msg::Job(spin)),
+    })
+    .await
+    .unwrap();
+    let mut stream = client_for(exec.addr)
+        .await
+        .run(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    let started = Instant::now();
+    exec.terminate();
+    let mut last = None;
+    while let Ok(Some(e)) = stream.message().await {
+        last = e.event;
+    }
+    let Some(Event::Final(f)) = last else {
+        panic!("no final event")
+    };
+    let Some(enclave_proto::v1::final_event::Outcome::Error(e)) = f.outcome else {
+        panic!("not an error")
+    };
+    assert_eq!(e.code(), ErrorCode::Cancelled);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900)
+            && started.elapsed() < Duration::from_secs(5)
+    );
+    assert!(exec.wait_exit(Duration::from_secs(10)).success());
+    drop(tx);
+}
+
+struct ExecutorClientConnect;
+
+impl ExecutorClientConnect {
+    /// Tries a fresh connection and a job; the status code it fails with.
+    async fn try_job(addr: SocketAddr) -> Result<(), tonic::Code> {
+        let Ok(client) =
+            enclave_proto::v1::executor_client::ExecutorClient::connect(format!("http://{addr}"))
+                .await
+        else {
+            return Err(tonic::Code::Unavailable);
+        };
+        let mut client = client;
+        run_with(&mut client, job("return 1"), Box::new(|_| None))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    }
+}

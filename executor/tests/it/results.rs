@@ -1,0 +1,153 @@
+//! Results and JSON edge cases, errors with their lines, globals a script may rely on.
+
+use enclave_proto::v1::{ErrorCode, Job, SecurityLevel};
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn returns_values_as_json() {
+    assert_eq!(run(job("return 1 + 1")).await.result(), json!(2));
+    assert_eq!(run(job("return 'héllo'")).await.result(), json!("héllo"));
+    assert_eq!(
+        run(job("return {a: [1, {b: null}], c: true, d: 1.5}"))
+            .await
+            .result(),
+        json!({"a": [1, {"b": null}], "c": true, "d": 1.5})
+    );
+    // `undefined` and no return at all become null.
+    assert_eq!(run(job("return undefined")).await.result(), json!(null));
+    assert_eq!(run(job("const x = 1;")).await.result(), json!(null));
+    // Top-level await.
+    assert_eq!(
+        run(job("const v = await Promise.resolve(41); return v + 1"))
+            .await
+            .result(),
+        json!(42)
+    );
+    // toJSON and Dates follow JSON.stringify.
+    assert_eq!(
+        run(job("return new Date(0)")).await.result(),
+        json!("1970-01-01T00:00:00.000Z")
+    );
+}
+
+#[tokio::test]
+async fn values_json_cannot_hold_give_clear_errors() {
+    let cases = [
+        ("const o = {}; o.self = o; return o", "circular reference"),
+        ("return 10n", "BigInt"),
+        ("return {n: 1n}", "BigInt"),
+        ("return function f() {}", "function"),
+        ("return {f() {}}", "function"),
+        ("return Symbol('s')", "symbol"),
+    ];
+    for (code, needle) in cases {
+        let t = run(job(code)).await;
+        assert_eq!(t.code(), ErrorCode::ScriptError, "{code}");
+        assert!(
+            t.error().message.contains(needle),
+            "{code}: {:?}",
+            t.error()
+        );
+        assert!(
+            !t.error().stack.contains("prelude.js"),
+            "internal frames leak: {:?}",
+            t.error()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_thrown_error_has_name_message_and_line() {
+    let t = run(job(
+        "const x = 1;\nconst y = 2;\nthrow new TypeError('bad ' + x);",
+    ))
+    .await;
+    let e = t.error();
+    assert_eq!(e.code(), ErrorCode::ScriptError);
+    assert_eq!(e.name, "TypeError");
+    assert_eq!(e.message, "bad 1");
+    assert_eq!(e.line, 3);
+
+    // A rejected promise after an await, and a non-Error throw.
+    let t = run(job(
+        "await null;\nawait Promise.reject(new RangeError('nope'))",
+    ))
+    .await;
+    assert_eq!(
+        (
+            t.error().name.as_str(),
+            t.error().message.as_str(),
+            t.error().line
+        ),
+        ("RangeError", "nope", 2)
+    );
+    let t = run(job("throw {code: 7}")).await;
+    assert_eq!(t.code(), ErrorCode::ScriptError);
+    assert!(t.error().message.contains("code: 7"), "{:?}", t.error());
+}
+
+#[tokio::test]
+async fn a_syntax_error_has_its_line() {
+    let t = run(job("const a = 1;\nconst b = ;\nreturn a")).await;
+    assert_eq!(t.code(), ErrorCode::SyntaxError);
+    assert_eq!(t.error().name, "SyntaxError");
+    assert_eq!(t.error().line, 2);
+    // Missing closing brace: the error is at the end of the script, not past it.
+    let t = run(job("if (true) {\nreturn 1")).await;
+    assert_eq!(t.code(), ErrorCode::SyntaxError);
+    assert_eq!(t.error().line, 2);
+}
+
+#[tokio::test]
+async fn input_is_visible_as_a_global() {
+    let j = Job {
+        input_json: r#"{"n": 20, "names": ["a", "b"]}"#.into(),
+        ..job("return input.n + input.names.length")
+    };
+    assert_eq!(run(j).await.result(), json!(22));
+    assert_eq!(
+        run(job("return typeof input")).await.result(),
+        json!("undefined")
+    );
+}
+
+#[tokio::test]
+async fn no_ambient_authority() {
+    let t = run(job(
+        "return [typeof require, typeof process, typeof std, typeof os, typeof fetch, typeof XMLHttpRequest, typeof WebAssembly]",
+    ))
+    .await;
+    assert_eq!(t.result(), json!(vec!["undefined"; 7]));
+    let t = run(job("return await import('fs')")).await;
+    assert_eq!(t.code(), ErrorCode::ScriptError);
+    let t = run(job("import fs from 'fs'; return 1")).await;
+    assert_eq!(t.code(), ErrorCode::SyntaxError);
+}
+
+#[tokio::test]
+async fn stats_are_reported() {
+    let t = run(job_with(
+        "console.log('hi'); await callTool('echo', {}); return 1",
+        SecurityLevel::Strict,
+        Default::default(),
+    ))
+    .await;
+    let stats = t.final_event().stats.expect("stats");
+    assert_eq!(stats.tool_calls, 1);
+    assert_eq!(stats.console_bytes, 2);
+    assert!(stats.memory_bytes > 0);
+    assert!(stats.duration_us > 0);
+}
+
+#[tokio::test]
+async fn events_are_numbered_without_gaps() {
+    let t = run(job(
+        "for (let i = 0; i < 5; i++) console.log(i); await callTool('echo', 1); return 1",
+    ))
+    .await;
+    let seqs: Vec<u64> = t.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(seqs.len(), 7, "5 console, 1 tool call, 1 final");
+}

@@ -1,0 +1,178 @@
+// Evaluated once, at snapshot time. Returns the internals the guest's Rust side calls;
+// nothing here is reachable from scripts except the globals it deliberately defines
+// (console, callTool, Math.random). Built-ins are captured up front so a script that
+// replaces JSON.stringify or Promise.prototype.then breaks only its own code, never the
+// reporting of its result.
+(function setup(host) {
+  'use strict';
+  const stringify = JSON.stringify;
+  const parse = JSON.parse;
+  const then = Promise.prototype.then;
+  const PromiseCtor = Promise;
+  const ErrorCtor = Error;
+  const TypeErrorCtor = TypeError;
+  const MapCtor = Map;
+  const mapGet = Map.prototype.get;
+  const mapSet = Map.prototype.set;
+  const mapDelete = Map.prototype.delete;
+  const isArray = Array.isArray;
+  const objectKeys = Object.keys;
+  const getPrototypeOf = Object.getPrototypeOf;
+  const defineProperty = Object.defineProperty;
+  const hostConsole = host.console;
+  const hostToolStart = host.toolStart;
+  const hostDone = host.done;
+  const hostRandom = host.random;
+  const SCRIPT_LINE = /script\.js:(\d+)/;
+
+  // ---- console: util.inspect-like, enough to read objects at a glance ----
+  function inspect(value, depth, seen, nested) {
+    switch (typeof value) {
+      case 'string': return nested ? "'" + value + "'" : value;
+      case 'bigint': return String(value) + 'n';
+      case 'symbol': return value.toString();
+      case 'function': return '[Function: ' + (value.name || '(anonymous)') + ']';
+      case 'undefined': return 'undefined';
+      case 'object': break;
+      default: return String(value);
+    }
+    if (value === null) return 'null';
+    if (value instanceof ErrorCtor) return value.stack ? value.name + ': ' + value.message + '\n' + value.stack.trimEnd() : String(value);
+    if (seen.indexOf(value) !== -1) return '[Circular]';
+    if (value instanceof Date) return value.toISOString();
+    if (value instanceof RegExp) return String(value);
+    if (depth > 2) return isArray(value) ? '[Array]' : '[Object]';
+    seen.push(value);
+    let out;
+    try {
+      if (isArray(value)) {
+        const items = [];
+        const n = Math.min(value.length, 100);
+        for (let i = 0; i < n; i++) items.push(inspect(value[i], depth + 1, seen, true));
+        if (value.length > n) items.push('... ' + (value.length - n) + ' more items');
+        out = items.length ? '[ ' + items.join(', ') + ' ]' : '[]';
+      } else if (value instanceof MapCtor) {
+        const items = [];
+        for (const [k, v] of value) items.push(inspect(k, depth + 1, seen, true) + ' => ' + inspect(v, depth + 1, seen, true));
+        out = 'Map(' + value.size + ') {' + (items.length ? ' ' + items.join(', ') + ' ' : '') + '}';
+      } else if (value instanceof Set) {
+        const items = [];
+        for (const v of value) items.push(inspect(v, depth + 1, seen, true));
+        out = 'Set(' + value.size + ') {' + (items.length ? ' ' + items.join(', ') + ' ' : '') + '}';
+      } else if (value instanceof PromiseCtor) {
+        out = 'Promise { <pending> }';
+      } else {
+        const keys = objectKeys(value);
+        const items = [];
+        for (const k of keys) {
+          const key = /^[A-Za-z_$][\w$]*$/.test(k) ? k : "'" + k + "'";
+          items.push(key + ': ' + inspect(value[k], depth + 1, seen, true));
+        }
+        const proto = getPrototypeOf(value);
+        const name = proto && proto !== Object.prototype && proto.constructor && proto.constructor.name;
+        const body = items.length ? '{ ' + items.join(', ') + ' }' : '{}';
+        out = name ? name + ' ' + body : body;
+      }
+    } finally {
+      seen.pop();
+    }
+    return out;
+  }
+  function format(args) {
+    let text = '';
+    for (let i = 0; i < args.length; i++) {
+      if (i) text += ' ';
+      text += inspect(args[i], 0, [], false);
+    }
+    return text;
+  }
+  const levels = { log: 1, info: 2, warn: 3, error: 4, debug: 5 };
+  const consoleObj = {};
+  for (const name of objectKeys(levels)) {
+    const level = levels[name];
+    consoleObj[name] = function () { hostConsole(level, format(arguments)); };
+  }
+  consoleObj.trace = consoleObj.debug;
+  defineProperty(globalThis, 'console', { value: consoleObj, writable: true, configurable: true, enumerable: false });
+
+  // ---- callTool: start/await, so Promise.all over tool calls overlaps them ----
+  const pending = new MapCtor();
+  function callTool(name, args) {
+    return new PromiseCtor(function (resolve, reject) {
+      if (typeof name !== 'string' || name === '') throw new TypeErrorCtor('callTool: the tool name must be a non-empty string');
+      const json = stringify(args === undefined ? null : args);
+      if (json === undefined) throw new TypeErrorCtor('callTool: arguments must be JSON-serialisable');
+      const id = hostToolStart(name, json);
+      mapSet.call(pending, id, { resolve, reject, name });
+    });
+  }
+  defineProperty(globalThis, 'callTool', { value: callTool, writable: true, configurable: true, enumerable: false });
+
+  // ---- Math.random: reseeded by the host for every job ----
+  defineProperty(Math, 'random', { value: function random() { return hostRandom(); }, writable: true, configurable: true, enumerable: false });
+
+  // ---- results ----
+  // Frames of the prelude and of the wrapper's own call are ours, not the script's.
+  function scriptFrames(stack) {
+    return stack.split('\n').filter(function (l) { return l.indexOf('prelude.js') === -1 && l.indexOf('<eval>') === -1 && l.indexOf('(native)') === -1; }).join('\n');
+  }
+  function describe(error) {
+    if (error instanceof ErrorCtor) {
+      const stack = scriptFrames(typeof error.stack === 'string' ? error.stack : '');
+      const m = SCRIPT_LINE.exec(stack);
+      return stringify({
+        name: String(error.name),
+        message: String(error.message),
+        line: m ? Number(m[1]) : 0,
+        stack: stack,
+      });
+    }
+    let message;
+    try { message = 'uncaught ' + inspect(error, 0, [], true); } catch (_) { message = 'uncaught non-Error value'; }
+    return stringify({ name: 'Error', message: message, line: 0, stack: '' });
+  }
+  function replacer(key, value) {
+    if (typeof value === 'bigint') throw new TypeErrorCtor('the result contains a BigInt' + (key ? ' (at "' + key + '")' : '') + ', which JSON cannot represent');
+    if (typeof value === 'function') throw new TypeErrorCtor('the result contains a function' + (key ? ' (at "' + key + '")' : '') + ', which JSON cannot represent');
+    if (typeof value === 'symbol') throw new TypeErrorCtor('the result contains a symbol' + (key ? ' (at "' + key + '")' : '') + ', which JSON cannot represent');
+    return value;
+  }
+  function serialize(value) {
+    if (value === undefined) return 'null';
+    let json;
+    try {
+      json = stringify(value, replacer);
+    } catch (e) {
+      if (e instanceof TypeErrorCtor && /circular|cyclic/i.test(e.message)) {
+        throw new TypeErrorCtor('the result contains a circular reference, which JSON cannot represent');
+      }
+      throw e;
+    }
+    return json === undefined ? 'null' : json;
+  }
+  function isOom(error) {
+    return error instanceof ErrorCtor && error.name === 'InternalError' && error.message === 'out of memory';
+  }
+  function settle(promise) {
+    then.call(promise,
+      function (value) {
+        let json;
+        try { json = serialize(value); } catch (e) { hostDone(false, describe(e), isOom(e)); return; }
+        hostDone(true, json);
+      },
+      function (error) { hostDone(false, describe(error), isOom(error)); });
+  }
+  function deliver(id, isError, payload) {
+    const call = mapGet.call(pending, id);
+    if (call === undefined) return;
+    mapDelete.call(pending, id);
+    if (isError) {
+      call.reject(new ErrorCtor('tool ' + call.name + ' failed: ' + payload));
+    } else {
+      let value;
+      try { value = parse(payload); } catch (e) { call.reject(new ErrorCtor('tool ' + call.name + ' returned invalid JSON')); return; }
+      call.resolve(value);
+    }
+  }
+  return { settle, deliver, describe };
+})
