@@ -60,6 +60,17 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Proportional set size: shared pages (the snapshot image every instance maps
+/// copy-on-write) divided among their mappers, private pages in full.
+fn pss_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -177,6 +188,7 @@ fn native_quickjs(code: &str) -> Duration {
 async fn live_instance_memory(sandbox: &Arc<Sandbox>) {
     const LIVE: usize = 200;
     let before = rss_bytes();
+    let pss_before = pss_bytes();
     let mut holds = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..LIVE {
@@ -196,8 +208,10 @@ async fn live_instance_memory(sandbox: &Arc<Sandbox>) {
         holds.push((results_tx, call, events_rx));
     }
     let during = rss_bytes();
+    let pss_during = pss_bytes();
     println!(
-        "resident memory per live instance: {:.0} KiB ({LIVE} live, process RSS {:.1} -> {:.1} MiB)",
+        "memory per live instance: {:.0} KiB proportional (PSS), {:.0} KiB resident (RSS counts the shared snapshot image once per instance) ({LIVE} live, process RSS {:.1} -> {:.1} MiB)",
+        (pss_during.saturating_sub(pss_before)) as f64 / LIVE as f64 / 1024.0,
         (during.saturating_sub(before)) as f64 / LIVE as f64 / 1024.0,
         before as f64 / (1 << 20) as f64,
         during as f64 / (1 << 20) as f64
@@ -221,7 +235,7 @@ fn keep_resident() -> usize {
     std::env::var("ENCLAVE_BENCH_KEEP_RESIDENT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(enclave_executor::sandbox::DEFAULT_KEEP_RESIDENT)
 }
 
 /// Node's `vm` module with a new context per job: the usual JavaScript sandbox.

@@ -114,6 +114,8 @@ pub struct JobState {
     pending_calls: HashSet<u32>,
     /// Payload announced by the last `tool_wait`, copied out by `tool_take`.
     taken: Vec<u8>,
+    /// The job's code and input, until the guest takes them (`job_take`).
+    job: (Vec<u8>, Vec<u8>),
     pub tool_calls: u32,
     pub console_bytes: u64,
     pub outcome: Option<GuestOutcome>,
@@ -127,6 +129,7 @@ impl JobState {
         memory_baseline: usize,
         events: mpsc::Sender<Event>,
         tool_results: mpsc::Receiver<ToolResult>,
+        job: (Vec<u8>, Vec<u8>),
     ) -> JobState {
         let started = Instant::now();
         let max_bytes = memory_baseline.saturating_add(limits.memory_bytes as usize);
@@ -145,6 +148,7 @@ impl JobState {
             next_call_id: 1,
             pending_calls: HashSet::new(),
             taken: Vec::new(),
+            job,
             tool_calls: 0,
             console_bytes: 0,
             outcome: None,
@@ -219,6 +223,23 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
             memory
                 .write(&mut caller, ptr as u32 as usize, &payload)
                 .map_err(|_| Breach::internal("guest passed a buffer outside its memory"))?;
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "job_take",
+        |mut caller: Caller<'_, JobState>, code_ptr: i32, input_ptr: i32| -> wasmtime::Result<()> {
+            let (code, input) = std::mem::take(&mut caller.data_mut().job);
+            let memory = caller
+                .data()
+                .memory
+                .ok_or_else(|| Breach::internal("guest memory missing"))?;
+            for (ptr, bytes) in [(code_ptr, code), (input_ptr, input)] {
+                memory
+                    .write(&mut caller, ptr as u32 as usize, &bytes)
+                    .map_err(|_| Breach::internal("guest passed a buffer outside its memory"))?;
+            }
             Ok(())
         },
     )?;

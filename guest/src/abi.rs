@@ -14,6 +14,9 @@ unsafe extern "C" {
     /// Copies the result announced by the last `tool_wait` to `ptr`.
     #[link_name = "tool_take"]
     fn host_tool_take(ptr: *mut u8);
+    /// Copies the job's code and input (lengths given to `run`) to the two buffers.
+    #[link_name = "job_take"]
+    fn host_job_take(code_ptr: *mut u8, input_ptr: *mut u8);
     #[link_name = "finish"]
     fn host_finish(kind: i32, ptr: *const u8, len: usize);
 }
@@ -35,6 +38,14 @@ pub fn wait_tool_result() -> (u32, bool, Vec<u8>) {
     let mut buf = vec![0u8; len];
     unsafe { host_tool_take(buf.as_mut_ptr()) };
     (call_id, is_error, buf)
+}
+
+/// The job's code and input, `code_len` and `input_len` bytes long.
+pub fn job_take(code_len: usize, input_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut code = vec![0u8; code_len];
+    let mut input = vec![0u8; input_len];
+    unsafe { host_job_take(code.as_mut_ptr(), input.as_mut_ptr()) };
+    (code, input)
 }
 
 pub fn finish(kind: i32, payload: &[u8]) {

@@ -66,32 +66,11 @@ pub extern "C" fn initialize() {
     ENGINE.with(|e| *e.borrow_mut() = Some(Engine { rt, ctx, internals }));
 }
 
-/// Gives the host a buffer to write the job's code and input into. Ownership passes to
-/// `run`, which frees it.
+/// Runs one job to completion and reports through `abi::finish`. The only call the
+/// host makes per job: code and input come through `abi::job_take`.
 #[unsafe(no_mangle)]
-pub extern "C" fn alloc(len: usize) -> *mut u8 {
-    let mut buf = Vec::<u8>::with_capacity(len.max(1));
-    let ptr = buf.as_mut_ptr();
-    std::mem::forget(buf);
-    ptr
-}
-
-/// Runs one job to completion and reports through `abi::finish`.
-///
-/// # Safety
-/// `code_ptr`/`input_ptr` come from `alloc` with exactly these lengths.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn run(
-    code_ptr: *mut u8,
-    code_len: usize,
-    input_ptr: *mut u8,
-    input_len: usize,
-    seed: u64,
-    memory_limit: u64,
-) {
-    // SAFETY: the host filled buffers it got from `alloc` with these exact lengths.
-    let code = unsafe { Vec::from_raw_parts(code_ptr, code_len, code_len.max(1)) };
-    let input = unsafe { Vec::from_raw_parts(input_ptr, input_len, input_len.max(1)) };
+pub extern "C" fn run(code_len: usize, input_len: usize, seed: u64, memory_limit: u64) {
+    let (code, input) = abi::job_take(code_len, input_len);
     rng::seed(seed);
     ENGINE.with(|e| {
         let engine = e.borrow();
