@@ -14,10 +14,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("enclave_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    let encoded = prost::Message::encode_to_vec(&fds);
+    std::fs::write(out.join("enclave_descriptor.bin"), &encoded)?;
+    // Feature `json`: serde impls in the proto3 JSON mapping, from the same descriptors.
+    // Unknown fields are skipped, as protobuf binary decoding skips them, so a JSON peer
+    // gets the same forward compatibility as a gRPC one.
+    #[cfg(feature = "json")]
+    pbjson_build::Builder::new()
+        .register_descriptors(&encoded)?
+        .ignore_unknown_fields()
+        .build(&[".enclave.v1"])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

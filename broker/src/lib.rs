@@ -1,1 +1,47 @@
-//! Placeholder.
+//! The enclave broker's core, as a library: tools, the executor pool and the job runner.
+//! The public gRPC/HTTP service and the encrypted sessions sit on top of [`Broker`].
+//!
+//! # Layout
+//! - [`config`]: the TOML config; every default a named constant with its reason.
+//! - [`secrets`]: secret values, per-job handles, substitution and scrubbing.
+//! - [`tools`]: the tool registry and the built-ins (`echo`, `secrets:get`,
+//!   `http:fetch` with its aliases `http:post` and `http:get`).
+//! - [`pool`]: the [`Backend`] abstraction and [`RemotePool`] (executors over gRPC:
+//!   load balancing, health, retry before start, DNS discovery).
+//! - [`embedded`]: jobs in this process, when no executors are configured.
+//! - [`jobs`]: [`Broker::run_job`], which pumps a job's events and runs its tool calls.
+//! - [`session`]: the table of encrypted sessions: expiry, caps, close.
+//! - [`service`]: the public `enclave.v1.Broker` gRPC service over sealed records.
+//! - [`server`]: serving it with health and reflection.
+//! - [`http`]: the HTTP/1.1 API (docs/HTTP.md): protocol v1 in JSON over the same
+//!   service, the legacy seed-compatible API, and the browser playground.
+//! - [`tls`]: TLS on both listeners (`--tls-cert` / `--tls-key`).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = enclave_broker::Config::load("broker.toml".as_ref())?;
+//! let broker = enclave_broker::Broker::from_config(&config).await?;
+//! let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
+//! let job = enclave_proto::v1::Job { code: "return await callTool('echo', 1)".into(), ..Default::default() };
+//! let run = broker.run_job(job, events_tx);
+//! # let _ = (run, &mut events_rx);
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod embedded;
+pub mod http;
+pub mod jobs;
+pub mod pool;
+pub mod secrets;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod tls;
+pub mod tools;
+
+pub use config::Config;
+pub use jobs::{Broker, BuildError, FailureKind, JobEvent, JobFailure};
+pub use pool::{Backend, RemotePool, StartError, StartedJob};
+pub use secrets::{JobSecrets, SecretStore};
+pub use tools::{Tool, ToolContext, ToolError, ToolErrorKind, Tools};

@@ -2,6 +2,7 @@
 //! `ENCLAVE_*` environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,13 @@ struct Args {
     /// Seconds running jobs get to finish after SIGTERM.
     #[arg(long, env = "ENCLAVE_DRAIN_GRACE_SECS", default_value_t = 30)]
     drain_grace_secs: u64,
+    /// Serve TLS with this certificate (PEM, chain after the leaf); needs --tls-key.
+    /// Without both, plaintext.
+    #[arg(long, env = "ENCLAVE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "ENCLAVE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -51,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let started = Instant::now();
+    let tls =
+        enclave_executor::server::tls_config(args.tls_cert.as_deref(), args.tls_key.as_deref())
+            .map_err(anyhow::Error::msg)?;
     let mut ceiling = Limits::ceiling();
     ceiling.timeout = Duration::from_millis(args.max_timeout_ms);
     ceiling.memory_bytes = args.max_memory_mib << 20;
@@ -67,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        tls = tls.is_some(),
         startup_ms = started.elapsed().as_millis() as u64,
         "executor serving"
     );
@@ -78,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
             ..ServerConfig::default()
         },
     );
-    enclave_executor::server::serve(listener, service, shutdown_signal()).await?;
+    enclave_executor::server::serve_with_tls(listener, service, tls, shutdown_signal()).await?;
     tracing::info!("executor stopped");
     Ok(())
 }

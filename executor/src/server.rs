@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::sandbox::{JobSpec, Sandbox};
@@ -307,6 +308,16 @@ pub async fn serve(
     service: ExecutorService,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_tls(listener, service, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (`--tls-cert` / `--tls-key`).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    service: ExecutorService,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExecutorServer<ExecutorService>>()
@@ -340,7 +351,11 @@ pub async fn serve(
             });
         }
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -353,8 +368,61 @@ pub async fn serve(
         .await
 }
 
+/// The TLS settings for `--tls-cert` / `--tls-key`: both PEM files, or neither (plaintext).
+/// The certificate file may hold the chain after the leaf. A bad certificate or key is
+/// only noticed when the server is built ([`serve_with_tls`] fails).
+pub fn tls_config(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<ServerTlsConfig>, String> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => return Err("--tls-cert needs --tls-key (ENCLAVE_TLS_KEY)".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert (ENCLAVE_TLS_CERT)".into()),
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("reading the TLS {what} {}: {e}", path.display()))
+    };
+    let identity = Identity::from_pem(read("certificate", cert)?, read("key", key)?);
+    let config = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    // Parse them now, so a bad file stops start-up instead of the first connection.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| {
+            format!(
+                "the TLS certificate {} or key {}: {}",
+                cert.display(),
+                key.display(),
+                error_chain(&e)
+            )
+        })?;
+    Ok(Some(config))
+}
+
+/// A TLS handshake that takes longer than this is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `error: cause: cause`, for errors (tonic's) whose `Display` omits the cause.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(enclave_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // The descriptor set holds every enclave service; advertise only the ones this
+        // binary serves.
+        .with_service_name("enclave.v1.Executor")
+        .with_service_name("grpc.health.v1.Health")
 }

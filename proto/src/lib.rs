@@ -19,6 +19,9 @@
 /// Generated messages and services of package `enclave.v1`.
 pub mod v1 {
     tonic::include_proto!("enclave.v1");
+    // Feature `json`: `serde::{Serialize, Deserialize}` in the proto3 JSON mapping.
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/enclave.v1.serde.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of every enclave proto, for `tonic-reflection`.

@@ -578,6 +578,11 @@ impl ServerChannel {
         record: &SealedRecord,
         expected: RecordKind,
     ) -> Result<OpenedRequest> {
+        // Only replies carry an event index; a request with one is malformed, not a
+        // stream out of order.
+        if record.event_index != 0 {
+            return Err(Error::Malformed("request record (event_index must be 0)"));
+        }
         let (kind, plaintext) =
             self.core
                 .open_at(now, record, &[expected], 0, 0, Some(&mut self.window))?;

@@ -1,0 +1,249 @@
+//! Broker benchmark: prints figures, asserts nothing.
+//!
+//! `cargo bench -p enclave-broker` measures, in one run, on loopback:
+//! - handshakes/s over gRPC for X25519 and P-256;
+//! - sealed `return 1+1` latency (p50/p99) through the broker and one remote executor;
+//! - jobs/s with 64 concurrent clients, each on its own session;
+//! - memory per idle session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enclave_broker::service::BrokerService;
+use enclave_broker::session::{SessionLimits, SessionStore};
+use enclave_broker::{Broker, Config};
+use enclave_executor::server::{ExecutorService, ServerConfig};
+use enclave_executor::{Sandbox, SandboxConfig};
+use enclave_proto::v1::{
+    ExecuteRequest, ExecuteResult, HandshakeRequest, Job, RecordKind, Suite,
+    broker_client::BrokerClient, handshake_request, handshake_response,
+};
+use enclave_proto::{ClientConfig, ClientHandshake, ClientSession, Fingerprint, IdentityKey};
+use prost::Message;
+use tonic::transport::Channel;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
+}
+
+async fn bench() {
+    let executor = start_executor().await;
+    let identity = Arc::new(IdentityKey::generate().unwrap());
+    let pin = identity.fingerprint();
+    let mut config = Config::default();
+    config.executors.endpoints = vec![format!("http://{executor}")];
+    let broker = Arc::new(Broker::from_config(&config).await.unwrap());
+    let sessions = Arc::new(SessionStore::new(SessionLimits::default()));
+    let service = BrokerService::new(
+        broker,
+        sessions,
+        enclave_proto::ServerConfig::new(identity.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(enclave_broker::server::serve(
+        listener,
+        service,
+        std::future::pending(),
+    ));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let rpc = BrokerClient::new(channel);
+
+    for (name, suite) in [
+        ("X25519", Suite::X25519Ed25519Aes256gcmSha256),
+        ("P-256", Suite::P256Ed25519Aes256gcmSha256),
+    ] {
+        let per_task = 500;
+        let tasks = 8;
+        let started = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let rpc = rpc.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        handshake(rpc.clone(), pin, suite).await;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        println!(
+            "handshakes/s over gRPC, {name}: {:.0} ({tasks} concurrent)",
+            (tasks * per_task) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+
+    // Latency, one client, sequential.
+    let mut client = Sealed::new(rpc.clone(), pin).await;
+    for _ in 0..300 {
+        client.execute("return 1+1").await;
+    }
+    let mut samples: Vec<Duration> = Vec::new();
+    for _ in 0..3000 {
+        let t = Instant::now();
+        client.execute("return 1+1").await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+    println!(
+        "sealed `return 1+1` via broker + 1 remote executor: p50 {:.0} µs, p99 {:.0} µs ({} jobs)",
+        pct(0.5),
+        pct(0.99),
+        samples.len()
+    );
+
+    // Throughput, 64 concurrent clients.
+    let clients = 64;
+    let duration = Duration::from_secs(5);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let rpc = rpc.clone();
+            tokio::spawn(async move {
+                let mut client = Sealed::new(rpc, pin).await;
+                let mut done = 0u64;
+                while started.elapsed() < duration {
+                    client.execute("return 1+1").await;
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap();
+    }
+    println!(
+        "jobs/s with {clients} concurrent clients (own sessions) via broker + 1 remote executor: {:.0}",
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+
+    idle_session_memory();
+}
+
+async fn start_executor() -> SocketAddr {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ExecutorService::new(sandbox, ServerConfig::default());
+    tokio::spawn(enclave_executor::server::serve(
+        listener,
+        service,
+        std::future::pending(),
+    ));
+    addr
+}
+
+async fn handshake(
+    mut rpc: BrokerClient<Channel>,
+    pin: Fingerprint,
+    suite: Suite,
+) -> ClientSession {
+    let config = ClientConfig {
+        suite,
+        ..ClientConfig::new(pin)
+    };
+    let (handshake, hello) = ClientHandshake::start(&config).unwrap();
+    let response = rpc
+        .handshake(HandshakeRequest {
+            step: Some(handshake_request::Step::ClientHello(hello)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(handshake_response::Step::ServerHello(server_hello)) = response.step else {
+        panic!("no ServerHello")
+    };
+    handshake.finish(&server_hello).unwrap()
+}
+
+struct Sealed {
+    rpc: BrokerClient<Channel>,
+    session: ClientSession,
+}
+
+impl Sealed {
+    async fn new(rpc: BrokerClient<Channel>, pin: Fingerprint) -> Sealed {
+        let session = handshake(rpc.clone(), pin, Suite::X25519Ed25519Aes256gcmSha256).await;
+        Sealed { rpc, session }
+    }
+
+    async fn execute(&mut self, code: &str) -> ExecuteResult {
+        let job = Job {
+            code: code.into(),
+            ..Default::default()
+        };
+        let record = self
+            .session
+            .channel()
+            .seal_request(
+                RecordKind::ExecuteRequest,
+                &ExecuteRequest { job: Some(job) }.encode_to_vec(),
+            )
+            .unwrap();
+        let seq = record.seq;
+        let reply = self.rpc.execute(record).await.unwrap().into_inner();
+        let plain = self
+            .session
+            .channel()
+            .open_reply(seq, RecordKind::ExecuteResult, &reply)
+            .unwrap();
+        ExecuteResult::decode(plain.as_slice()).unwrap()
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// Sessions straight into a store (no transport): the memory the broker holds for a
+/// session nobody is using.
+fn idle_session_memory() {
+    const N: usize = 100_000;
+    let identity = Arc::new(IdentityKey::generate().unwrap());
+    let server = enclave_proto::ServerConfig::new(identity.clone());
+    let store = SessionStore::new(SessionLimits {
+        max_sessions: N + 1,
+        ..SessionLimits::default()
+    });
+    // Client hellos made first, so only the broker's side is counted.
+    let hellos: Vec<_> = (0..N)
+        .map(|_| {
+            ClientHandshake::start(&ClientConfig::new(identity.fingerprint()))
+                .unwrap()
+                .1
+        })
+        .collect();
+    let before = rss_bytes();
+    for hello in &hellos {
+        let (session, _) = enclave_proto::handshake::accept(&server, hello).unwrap();
+        store.insert(session).unwrap();
+    }
+    let after = rss_bytes();
+    println!(
+        "memory per idle session: {:.0} bytes ({N} sessions, RSS {:.1} -> {:.1} MiB)",
+        (after.saturating_sub(before)) as f64 / N as f64,
+        before as f64 / (1 << 20) as f64,
+        after as f64 / (1 << 20) as f64
+    );
+    drop(hellos);
+}

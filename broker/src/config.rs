@@ -1,0 +1,592 @@
+//! The broker's configuration, read from a TOML file.
+//!
+//! Every section and field is optional and every default is a named constant below with
+//! the reason for its value, so an empty file is a working (embedded, echo-only) broker.
+//! Unknown keys are errors rather than silently ignored: a misspelt `allow_host` must not
+//! leave a tool open or closed without anyone noticing.
+//!
+//! New sections (`[sessions]`, `[limits]`, ...) go in [`Config`] as a field with
+//! `#[serde(default)]` and their own struct with `deny_unknown_fields`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A tool call's own deadline when its section sets none. Echo and secrets answer in
+/// microseconds; this only bounds a tool that hangs.
+pub const DEFAULT_TOOL_TIMEOUT_MS: u64 = 5_000;
+/// `http:fetch` deadline: long enough for a slow API, short enough that one stuck
+/// upstream cannot eat a STANDARD job's 30 s.
+pub const DEFAULT_HTTP_TIMEOUT_MS: u64 = 10_000;
+/// `http:fetch` response cap: the body becomes a tool result that the script holds in
+/// its heap (16 MiB at STRICT) and that crosses gRPC to the executor.
+pub const DEFAULT_HTTP_MAX_RESPONSE_BYTES: u64 = 1 << 20;
+/// Redirects followed by `http:fetch`, every hop checked against the allow-list. Five is
+/// what real APIs need (http->https, a trailing slash, a moved resource) with room left.
+pub const DEFAULT_HTTP_MAX_REDIRECTS: u32 = 5;
+/// A response may not exceed this even if configured higher: it must fit in one gRPC
+/// message to the executor along with its JSON framing.
+pub const MAX_HTTP_RESPONSE_BYTES: u64 = (enclave_executor::server::MAX_MESSAGE_BYTES as u64) / 2;
+
+/// How often a `dns` executor name is resolved again: quick enough to pick up
+/// `docker compose --scale` within seconds, rare enough to cost nothing.
+pub const DEFAULT_DNS_REFRESH_SECS: u64 = 5;
+/// TCP connect to an executor. They sit on a private network and answer in
+/// milliseconds; a second means the host is gone.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Opening a job's stream (connect, admission, the executor reading the job). Past this
+/// the executor is treated as down and the job tries another.
+pub const DEFAULT_START_TIMEOUT_MS: u64 = 3_000;
+/// Executors a job may try before it fails: enough to get past one full and one dead
+/// executor, few enough that an overloaded cluster answers quickly.
+pub const DEFAULT_MAX_START_ATTEMPTS: u32 = 3;
+/// How long an executor that failed to connect is skipped (unless nothing else is left,
+/// or a health check finds it serving again).
+pub const DEFAULT_DOWN_RETRY_MS: u64 = 2_000;
+/// Health checks (grpc.health.v1) of every executor: they revive executors marked down
+/// and notice draining ones before a job is sent there.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+/// Jobs the embedded sandbox runs at once. Lower than a dedicated executor's 256: the
+/// broker process also holds sessions and tool calls, and embedded mode is for one box.
+pub const DEFAULT_EMBEDDED_MAX_JOBS: u32 = 64;
+/// How long past a job's own time limit the broker waits for the executor's final
+/// event: the executor stops the job at its limit, so only a stuck or partitioned
+/// executor ever reaches this.
+pub const DEFAULT_DEADLINE_MARGIN_MS: u64 = 2_000;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub tools: ToolsConfig,
+    #[serde(default)]
+    pub executors: ExecutorsConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks a config file. Relative paths in it (the secrets file, the
+    /// executors' CA file) are relative to the file's own directory, not to wherever the
+    /// broker was started.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::parse(&text, base).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text; relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            source: Box::new(source),
+        })?;
+        if let Some(file) = config
+            .tools
+            .secrets_get
+            .as_mut()
+            .and_then(|s| s.file.as_mut())
+            && file.is_relative()
+        {
+            *file = base_dir.join(&*file);
+        }
+        if let Some(file) = config.executors.ca_file.as_mut()
+            && file.is_relative()
+        {
+            *file = base_dir.join(&*file);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.tools;
+        for (name, timeout) in [
+            ("echo", t.echo.timeout_ms),
+            (
+                "secrets:get",
+                t.secrets_get.as_ref().map_or(1, |s| s.timeout_ms),
+            ),
+            (
+                "http:fetch",
+                t.http_fetch.as_ref().map_or(1, |h| h.timeout_ms),
+            ),
+        ] {
+            if timeout == 0 {
+                return Err(invalid(format!(
+                    "tools.\"{name}\".timeout_ms must be above zero"
+                )));
+            }
+        }
+        if let Some(secrets) = &t.secrets_get
+            && secrets.enabled
+            && secrets.file.is_none()
+            && secrets.env.is_empty()
+        {
+            return Err(invalid(
+                "tools.\"secrets:get\" needs a `file`, an `env` list, or both",
+            ));
+        }
+        if let Some(http) = &t.http_fetch {
+            for host in &http.allow_hosts {
+                HostPort::parse(host).map_err(|e| {
+                    invalid(format!("tools.\"http:fetch\".allow_hosts: `{host}`: {e}"))
+                })?;
+            }
+            if http.max_response_bytes == 0 || http.max_response_bytes > MAX_HTTP_RESPONSE_BYTES {
+                return Err(invalid(format!(
+                    "tools.\"http:fetch\".max_response_bytes must be between 1 and {MAX_HTTP_RESPONSE_BYTES}"
+                )));
+            }
+        }
+        let e = &self.executors;
+        if !e.endpoints.is_empty() && e.dns.is_some() {
+            return Err(invalid("executors: give `endpoints` or `dns`, not both"));
+        }
+        for endpoint in &e.endpoints {
+            let uri: tonic::transport::Uri = endpoint
+                .parse()
+                .map_err(|err| invalid(format!("executors.endpoints: `{endpoint}`: {err}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.port_u16().is_none() {
+                return Err(invalid(format!(
+                    "executors.endpoints: `{endpoint}` must look like http://host:port (plaintext gRPC on a private network) or https://host:port (with `ca_file`)"
+                )));
+            }
+        }
+        if let Some(dns) = &e.dns {
+            match dns.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => return Err(invalid(format!("executors.dns: `{dns}` must be host:port"))),
+            }
+        }
+        for (name, value) in [
+            ("refresh_secs", e.refresh_secs),
+            ("connect_timeout_ms", e.connect_timeout_ms),
+            ("start_timeout_ms", e.start_timeout_ms),
+            ("health_interval_ms", e.health_interval_ms),
+            ("max_start_attempts", e.max_start_attempts.into()),
+            ("embedded_max_jobs", e.embedded_max_jobs.into()),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("executors.{name} must be above zero")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// `[tools.*]`: one optional section per built-in tool.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// On unless disabled: harmless, and what a first script tries.
+    #[serde(default)]
+    pub echo: EchoConfig,
+    /// Off unless configured: no secret is readable by default.
+    #[serde(rename = "secrets:get")]
+    pub secrets_get: Option<SecretsConfig>,
+    /// Off unless configured: scripts reach no network by default. Also registered as
+    /// `http:post` and `http:get`.
+    #[serde(rename = "http:fetch")]
+    pub http_fetch: Option<HttpFetchConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            enabled: true,
+            timeout_ms: DEFAULT_TOOL_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Where secrets come from and which ones scripts may ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A TOML file of `name = "value"` lines.
+    pub file: Option<PathBuf>,
+    /// Environment variables to read; a variable answers to the name that equals it
+    /// ignoring ASCII case (`API_KEY` is the secret `api_key`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The only names `secrets:get` answers for. Each must be found in `file` or `env`
+    /// when the broker starts. A separate list, so that a secrets file shared with other
+    /// programs does not expose all of its entries to scripts.
+    pub names: Vec<String>,
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFetchConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `host:port`, or `host` for the scheme's default port (80 / 443). Nothing else is
+    /// reachable, including by redirect.
+    pub allow_hosts: Vec<String>,
+    #[serde(default = "default_http_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_http_max_response")]
+    pub max_response_bytes: u64,
+    #[serde(default = "default_http_max_redirects")]
+    pub max_redirects: u32,
+}
+
+/// `[executors]`: where jobs run. Neither `endpoints` nor `dns`: in this process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorsConfig {
+    /// Fixed executors, `http://host:port`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// One name whose A/AAAA records are the executors (`executor:7701`), resolved
+    /// every `refresh_secs`.
+    pub dns: Option<String>,
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_ms: u64,
+    #[serde(default = "default_max_start_attempts")]
+    pub max_start_attempts: u32,
+    #[serde(default = "default_down_retry")]
+    pub down_retry_ms: u64,
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: u64,
+    /// Embedded mode only.
+    #[serde(default = "default_embedded_max_jobs")]
+    pub embedded_max_jobs: u32,
+    /// CA bundle (PEM) for executors served over TLS: `https://` endpoints must chain
+    /// to it, and with `dns` it switches the executors to https (their certificate must
+    /// name the DNS host). `--executor-ca` overrides it.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ExecutorsConfig {
+    fn default() -> Self {
+        ExecutorsConfig {
+            endpoints: Vec::new(),
+            dns: None,
+            refresh_secs: DEFAULT_DNS_REFRESH_SECS,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            start_timeout_ms: DEFAULT_START_TIMEOUT_MS,
+            max_start_attempts: DEFAULT_MAX_START_ATTEMPTS,
+            down_retry_ms: DEFAULT_DOWN_RETRY_MS,
+            health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            embedded_max_jobs: DEFAULT_EMBEDDED_MAX_JOBS,
+            ca_file: None,
+        }
+    }
+}
+
+impl ExecutorsConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.endpoints.is_empty() && self.dns.is_none()
+    }
+
+    /// The TLS settings once command-line overrides are in: `https://` endpoints need
+    /// `ca_file`, and `ca_file` must be a readable PEM bundle.
+    pub fn check_tls(&self) -> Result<(), ConfigError> {
+        if self.ca_file.is_none()
+            && let Some(endpoint) = self.endpoints.iter().find(|e| e.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "executor `{endpoint}` is https but no CA is given (--executor-ca, or `ca_file` in [executors])"
+            )));
+        }
+        self.tls().map(|_| ())
+    }
+
+    /// `ca_file` as tonic's client TLS settings (`None` without one).
+    pub fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| invalid(format!("executors.ca_file {}: {e}", path.display())))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(invalid(format!(
+                "executors.ca_file {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        Ok(Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        ))
+    }
+    pub fn refresh(&self) -> Duration {
+        Duration::from_secs(self.refresh_secs)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_millis(self.start_timeout_ms)
+    }
+    pub fn down_retry(&self) -> Duration {
+        Duration::from_millis(self.down_retry_ms)
+    }
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+}
+
+/// `[jobs]`: what the broker adds to the executor's own limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    #[serde(default = "default_deadline_margin")]
+    pub deadline_margin_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            deadline_margin_ms: DEFAULT_DEADLINE_MARGIN_MS,
+        }
+    }
+}
+
+impl JobsConfig {
+    pub fn deadline_margin(&self) -> Duration {
+        Duration::from_millis(self.deadline_margin_ms)
+    }
+}
+
+/// One `allow_hosts` entry, normalised the way URLs are (lower case, IDNA, IPv6 in
+/// brackets) so that comparing it with a parsed URL's host is exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    /// `None`: the scheme's default port only.
+    pub port: Option<u16>,
+}
+
+impl HostPort {
+    pub fn parse(entry: &str) -> Result<HostPort, String> {
+        let entry = entry.trim();
+        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+            let (v6, after) = rest
+                .split_once(']')
+                .ok_or("unclosed `[` in an IPv6 address")?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or("expected `:port` after `]`")?),
+            };
+            (format!("[{v6}]"), port)
+        } else {
+            match entry.split_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (entry.to_string(), None),
+            }
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{p}` is not a port number"))
+            })
+            .transpose()?;
+        if host.is_empty() || host.contains(['/', '@', '?', '#', '*']) {
+            return Err("expected host or host:port, without scheme, path or wildcard".into());
+        }
+        let url = reqwest::Url::parse(&format!("http://{host}/")).map_err(|e| e.to_string())?;
+        let host = url.host_str().ok_or("no host")?.to_string();
+        Ok(HostPort { host, port })
+    }
+
+    /// Whether `url` (http or https) points here.
+    pub fn matches(&self, url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        if host != self.host {
+            return false;
+        }
+        match self.port {
+            Some(port) => url.port_or_known_default() == Some(port),
+            // The url crate drops a port equal to the scheme's default.
+            None => url.port().is_none(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_tool_timeout() -> u64 {
+    DEFAULT_TOOL_TIMEOUT_MS
+}
+fn default_http_timeout() -> u64 {
+    DEFAULT_HTTP_TIMEOUT_MS
+}
+fn default_http_max_response() -> u64 {
+    DEFAULT_HTTP_MAX_RESPONSE_BYTES
+}
+fn default_http_max_redirects() -> u32 {
+    DEFAULT_HTTP_MAX_REDIRECTS
+}
+fn default_refresh() -> u64 {
+    DEFAULT_DNS_REFRESH_SECS
+}
+fn default_connect_timeout() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_start_timeout() -> u64 {
+    DEFAULT_START_TIMEOUT_MS
+}
+fn default_max_start_attempts() -> u32 {
+    DEFAULT_MAX_START_ATTEMPTS
+}
+fn default_down_retry() -> u64 {
+    DEFAULT_DOWN_RETRY_MS
+}
+fn default_health_interval() -> u64 {
+    DEFAULT_HEALTH_INTERVAL_MS
+}
+fn default_embedded_max_jobs() -> u32 {
+    DEFAULT_EMBEDDED_MAX_JOBS
+}
+fn default_deadline_margin() -> u64 {
+    DEFAULT_DEADLINE_MARGIN_MS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/enclave"))
+    }
+
+    #[test]
+    fn empty_config_is_embedded_with_echo_only() {
+        let c = parse("").unwrap();
+        assert!(c.tools.echo.enabled);
+        assert!(c.tools.secrets_get.is_none());
+        assert!(c.tools.http_fetch.is_none());
+        assert!(c.executors.is_embedded());
+        assert_eq!(c.jobs.deadline_margin_ms, DEFAULT_DEADLINE_MARGIN_MS);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+            [tools.echo]
+            [tools."secrets:get"]
+            file = "secrets.toml"
+            env = ["API_KEY"]
+            names = ["api_key"]
+            [tools."http:fetch"]
+            allow_hosts = ["127.0.0.1:8080", "api.example.com"]
+            timeout_ms = 5000
+            max_response_bytes = 1048576
+            [executors]
+            endpoints = ["http://10.0.0.5:7701"]
+            "#,
+        )
+        .unwrap();
+        let secrets = c.tools.secrets_get.unwrap();
+        assert_eq!(
+            secrets.file.unwrap(),
+            Path::new("/etc/enclave/secrets.toml")
+        );
+        assert_eq!(secrets.names, ["api_key"]);
+        let http = c.tools.http_fetch.unwrap();
+        assert_eq!(http.timeout_ms, 5000);
+        assert_eq!(http.max_redirects, DEFAULT_HTTP_MAX_REDIRECTS);
+        assert!(!c.executors.is_embedded());
+    }
+
+    #[test]
+    fn unknown_keys_and_tools_are_refused() {
+        let err = parse("[tools.\"http:fetch\"]\nallow_host = [\"x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_host"), "{err}");
+        let err = parse("[tools.\"shell:exec\"]\n").unwrap_err().to_string();
+        assert!(err.contains("shell:exec"), "{err}");
+        assert!(parse("[executor]\n").is_err());
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        assert!(parse("[executors]\nendpoints = [\"10.0.0.5:7701\"]\n").is_err());
+        assert!(parse("[executors]\nendpoints = [\"http://a:1\"]\ndns = \"b:2\"\n").is_err());
+        assert!(parse("[executors]\ndns = \"executor\"\n").is_err());
+        assert!(parse("[tools.\"http:fetch\"]\nallow_hosts = [\"http://a.com\"]\n").is_err());
+        assert!(parse("[tools.\"http:fetch\"]\nallow_hosts = [\"*.a.com\"]\n").is_err());
+        assert!(
+            parse("[tools.\"http:fetch\"]\nallow_hosts = []\nmax_response_bytes = 0\n").is_err()
+        );
+        assert!(parse("[tools.\"secrets:get\"]\nnames = [\"a\"]\n").is_err());
+        assert!(parse("[tools.echo]\ntimeout_ms = 0\n").is_err());
+    }
+
+    #[test]
+    fn host_port_matching() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let exact = HostPort::parse("127.0.0.1:8080").unwrap();
+        assert!(exact.matches(&url("http://127.0.0.1:8080/x?y")));
+        assert!(!exact.matches(&url("http://127.0.0.1:8081/")));
+        assert!(!exact.matches(&url("http://127.0.0.2:8080/")));
+        let bare = HostPort::parse("API.Example.com").unwrap();
+        assert_eq!(bare.host, "api.example.com");
+        assert!(bare.matches(&url("https://api.example.com/v1")));
+        assert!(bare.matches(&url("http://api.example.com/v1")));
+        assert!(!bare.matches(&url("https://api.example.com:8443/v1")));
+        assert!(!bare.matches(&url("https://api.example.com.evil.net/")));
+        assert!(!bare.matches(&url("https://api.example.com@evil.net/")));
+        let v6 = HostPort::parse("[::1]:9000").unwrap();
+        assert!(v6.matches(&url("http://[::1]:9000/")));
+        let default_port = HostPort::parse("a.com:443").unwrap();
+        assert!(default_port.matches(&url("https://a.com/")));
+        assert!(!default_port.matches(&url("http://a.com/")));
+    }
+}

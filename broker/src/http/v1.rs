@@ -1,0 +1,161 @@
+//! Protocol v1 over HTTP: the outer messages in the proto3 JSON mapping, everything else
+//! exactly as over gRPC.
+//!
+//! Each handler parses the JSON body into the generated message, calls the gRPC
+//! service's own method on the shared [`BrokerService`](crate::service::BrokerService)
+//! and writes its answer back as JSON. No protocol logic lives here: sessions, replay
+//! window, epochs, job caps, cancellation and sealing are the service's.
+
+use std::convert::Infallible;
+use std::future::ready;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use enclave_proto::v1::broker_server::Broker as BrokerRpc;
+use enclave_proto::v1::{HandshakeRequest, SealedRecord};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Status};
+
+use super::{ApiError, HttpApi, json_response};
+
+type Answer = Result<Response, ApiError>;
+
+pub(super) async fn handshake(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let request: HandshakeRequest = parse(body, "HandshakeRequest")?;
+    let response = api
+        .service()
+        .handshake(Request::new(request))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(message(&response.into_inner()))
+}
+
+pub(super) async fn execute(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let record: SealedRecord = parse(body, "SealedRecord")?;
+    let response = api
+        .service()
+        .execute(Request::new(record))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(message(&response.into_inner()))
+}
+
+pub(super) async fn close_session(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let record: SealedRecord = parse(body, "SealedRecord")?;
+    let response = api
+        .service()
+        .close_session(Request::new(record))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(message(&response.into_inner()))
+}
+
+pub(super) async fn rekey(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let record: SealedRecord = parse(body, "SealedRecord")?;
+    let response = api
+        .service()
+        .rekey(Request::new(record))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(message(&response.into_inner()))
+}
+
+/// `POST /v1/execute/stream`: one `SealedRecord` per line as the service produces them.
+///
+/// Backpressure: the body is pulled only as fast as the socket takes it, so the
+/// service's bounded channel fills and the job waits (as over gRPC). Cancellation: when
+/// the client goes away hyper drops the body, which drops the service's stream; the
+/// service sees its channel closed and stops the job.
+pub(super) async fn execute_stream(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let record: SealedRecord = parse(body, "SealedRecord")?;
+    let records = api
+        .service()
+        .execute_stream(Request::new(record))
+        .await
+        .map_err(ApiError::from)?
+        .into_inner();
+    let mut response = Response::new(Body::from_stream(ndjson(records)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    // Reverse proxies that buffer responses (nginx) would hold events back until the end.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Records as JSON lines; a failure after the stream started becomes a last line
+/// `{"error":{"code","message"}}` (the status line has long been sent).
+fn ndjson(
+    records: impl Stream<Item = Result<SealedRecord, Status>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    records.scan(false, |ended, item| {
+        if *ended {
+            return ready(None);
+        }
+        let mut line = match item.map(|record| serde_json::to_vec(&record)) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => {
+                *ended = true;
+                error_line(&ApiError::new(
+                    tonic::Code::Internal,
+                    format!("encoding a record: {e}"),
+                ))
+            }
+            Err(status) => {
+                *ended = true;
+                error_line(&ApiError::from(status))
+            }
+        };
+        line.push(b'\n');
+        ready(Some(Ok(Bytes::from(line))))
+    })
+}
+
+fn error_line(error: &ApiError) -> Vec<u8> {
+    serde_json::json!({ "error": error.to_json() })
+        .to_string()
+        .into_bytes()
+}
+
+/// The body as message `T` in the proto3 JSON mapping, or the documented error answer.
+fn parse<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|r| ApiError::unreadable_body(r.status(), r.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_argument(format!(
+            "the body is not a {what} in the proto3 JSON mapping: {e}"
+        ))
+    })
+}
+
+fn message<T: Serialize>(message: &T) -> Response {
+    match serde_json::to_vec(message) {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => ApiError::new(tonic::Code::Internal, format!("encoding the answer: {e}"))
+            .into_response(),
+    }
+}

@@ -1,0 +1,266 @@
+//! `enclave-broker`: the public, end-to-end encrypted face of enclave. With no
+//! executors configured it runs jobs in-process (the embedded executor), so one command
+//! starts a working system. Every flag also reads an `ENCLAVE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use enclave_broker::session::{SessionLimits, SessionStore};
+use enclave_broker::{Broker, Config, service::BrokerService};
+use enclave_proto::{Fingerprint, IdentityKey};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "enclave-broker",
+    version,
+    about = "End-to-end encrypted broker for sandboxed JavaScript jobs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generates a broker identity key (PEM, mode 0600; the public key goes to PATH.pub)
+    /// and prints its fingerprint, which clients pin.
+    Keygen { path: PathBuf },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ENCLAVE_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Address to serve the HTTP API on (docs/HTTP.md: protocol v1 in JSON, the legacy
+    /// API, the playground at `/`), or `off` [default: 127.0.0.1:7780, skipped with a
+    /// warning when that port is taken; an address given here must bind].
+    #[arg(long, env = "ENCLAVE_HTTP_LISTEN")]
+    http_listen: Option<enclave_broker::http::HttpListen>,
+    /// Serve the legacy, seed-compatible endpoints (`/handshake`, `/execute`,
+    /// `/execute/stream`); `--legacy-api=false` answers them 404. See README.md for
+    /// their weaknesses.
+    #[arg(long, env = "ENCLAVE_LEGACY_API", default_value_t = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    legacy_api: bool,
+    /// TOML config: tools, executors, job settings (see README.md).
+    #[arg(long, env = "ENCLAVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The broker's long-term identity key; generated (mode 0600) on first start.
+    #[arg(long, env = "ENCLAVE_IDENTITY", default_value = "enclave-broker.key")]
+    identity: PathBuf,
+    /// Executor endpoints (`http://host:port`, comma-separated); overrides the config.
+    /// None at all: jobs run in-process.
+    #[arg(long = "executor", env = "ENCLAVE_EXECUTORS", value_delimiter = ',')]
+    executors: Vec<String>,
+    /// CA bundle (PEM) that `https://` executors' certificates must chain to; overrides
+    /// the config's `[executors] ca_file`. With `--executor-dns`, the executors are
+    /// reached over https and must present a certificate for the DNS name.
+    #[arg(long, env = "ENCLAVE_EXECUTOR_CA")]
+    executor_ca: Option<PathBuf>,
+    /// One DNS name whose addresses are the executors (`executor:7701`), re-resolved
+    /// periodically; overrides the config.
+    #[arg(long, env = "ENCLAVE_EXECUTOR_DNS")]
+    executor_dns: Option<String>,
+    /// Serve only clients that authenticate with one of these keys (fingerprints
+    /// `sha256:<hex>`, comma-separated).
+    #[arg(
+        long = "allow-client",
+        env = "ENCLAVE_ALLOW_CLIENTS",
+        value_delimiter = ','
+    )]
+    allow_clients: Vec<Fingerprint>,
+    /// Serve TLS on both listeners (gRPC and HTTP) with this certificate (PEM, chain
+    /// after the leaf); needs --tls-key. Without both, plaintext.
+    #[arg(long, env = "ENCLAVE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "ENCLAVE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Seconds of inactivity after which a session expires.
+    #[arg(long, env = "ENCLAVE_SESSION_IDLE_SECS", default_value_t = 15 * 60)]
+    session_idle_secs: u64,
+    /// Seconds after which a session expires however busy it is.
+    #[arg(long, env = "ENCLAVE_SESSION_LIFETIME_SECS", default_value_t = 60 * 60)]
+    session_lifetime_secs: u64,
+    /// Sessions held at once; more handshakes get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ENCLAVE_MAX_SESSIONS", default_value_t = enclave_broker::session::DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
+    /// Jobs in flight per session; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ENCLAVE_MAX_JOBS_PER_SESSION", default_value_t = enclave_broker::session::DEFAULT_MAX_JOBS_PER_SESSION)]
+    max_jobs_per_session: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENCLAVE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Keygen { path }) => {
+            let key = enclave_proto::keys::keygen(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", key.fingerprint());
+            Ok(())
+        }
+        None => serve(cli.serve).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).with_context(|| format!("reading {}", path.display()))?,
+        None => Config::default(),
+    };
+    if !args.executors.is_empty() {
+        config.executors.endpoints = args.executors.clone();
+    }
+    if args.executor_dns.is_some() {
+        config.executors.dns = args.executor_dns.clone();
+    }
+    if args.executor_ca.is_some() {
+        config.executors.ca_file = args.executor_ca.clone();
+    }
+    config
+        .executors
+        .check_tls()
+        .context("executor TLS settings")?;
+    let tls =
+        enclave_broker::tls::ServerTls::load(args.tls_cert.as_deref(), args.tls_key.as_deref())
+            .map_err(anyhow::Error::msg)?;
+    // Flags override the file; the result must pass the same checks the file did.
+    config.validate().context("checking the configuration")?;
+    let identity = load_or_create_identity(&args.identity)?;
+    let mode = if config.executors.is_embedded() {
+        "embedded executor"
+    } else {
+        "remote executors"
+    };
+    let broker = Broker::from_config(&config)
+        .await
+        .context("starting the broker")?;
+    let sessions = Arc::new(SessionStore::new(SessionLimits {
+        idle_timeout: Duration::from_secs(args.session_idle_secs),
+        lifetime: Duration::from_secs(args.session_lifetime_secs),
+        max_sessions: args.max_sessions,
+        max_jobs_per_session: args.max_jobs_per_session,
+    }));
+    let mut handshake = enclave_proto::ServerConfig::new(Arc::new(identity));
+    if !args.allow_clients.is_empty() {
+        handshake.allowed_clients = Some(args.allow_clients.clone());
+    }
+    let fingerprint = handshake.identity.fingerprint();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let http_listener = bind_http(args.http_listen).await?;
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // `http_addr` after `addr`: tests find the gRPC address as the first `addr=`.
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        http_addr = %enclave_broker::http::HttpListen(http_addr),
+        fingerprint = %fingerprint,
+        mode,
+        client_auth = handshake.client_auth_required(),
+        legacy_api = http_addr.is_some() && args.legacy_api,
+        tls = tls.is_some(),
+        "broker serving"
+    );
+    let service = BrokerService::new(Arc::new(broker), sessions, handshake);
+    // One signal stops both servers; each lets its open requests finish.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let http = async {
+        let Some(listener) = http_listener else {
+            return Ok(());
+        };
+        let api = enclave_broker::http::HttpApi::new(
+            service.clone(),
+            enclave_broker::http::HttpOptions {
+                legacy_api: args.legacy_api,
+            },
+        );
+        enclave_broker::http::serve_with_tls(
+            listener,
+            api,
+            tls.as_ref().map(|t| t.http.clone()),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await
+        .context("serving HTTP")
+    };
+    let grpc = async {
+        enclave_broker::server::serve_with_tls(
+            listener,
+            service.clone(),
+            tls.as_ref().map(|t| t.grpc.clone()),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await
+        .context("serving gRPC")
+    };
+    tokio::try_join!(grpc, http)?;
+    Ok(())
+}
+
+/// The HTTP listener. The default address is a convenience, not a requirement: when it
+/// is taken (a second broker on one machine, parallel tests) the broker serves gRPC only
+/// and says so; an address the operator chose must bind.
+async fn bind_http(
+    choice: Option<enclave_broker::http::HttpListen>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let (addr, explicit) = match choice {
+        Some(enclave_broker::http::HttpListen(None)) => return Ok(None),
+        Some(enclave_broker::http::HttpListen(Some(addr))) => (addr, true),
+        None => (
+            enclave_broker::http::DEFAULT_HTTP_LISTEN.parse::<SocketAddr>()?,
+            false,
+        ),
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "the default HTTP address is in use; serving without the HTTP API (set --http-listen)");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("binding {addr} (HTTP)")),
+    }
+}
+
+/// Loads the identity, or creates it on first start. Never overwrites a key file.
+fn load_or_create_identity(path: &Path) -> anyhow::Result<IdentityKey> {
+    if path.exists() {
+        return IdentityKey::load(path)
+            .with_context(|| format!("loading the identity key {}", path.display()));
+    }
+    let key = enclave_proto::keys::keygen(path)
+        .with_context(|| format!("creating the identity key {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new broker identity");
+    Ok(key)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,578 @@
+//! Where jobs run: a [`Backend`] starts a job and hands back its event stream and a way
+//! to answer its tool calls. [`RemotePool`] spreads jobs over executor processes;
+//! [`crate::embedded::Embedded`] runs them in this process.
+//!
+//! # Remote executors
+//!
+//! Executors come from a fixed list or from one DNS name resolved again every few
+//! seconds (so `docker compose --scale executor=N` needs no broker restart). A job goes
+//! to the executor with the fewest of this broker's jobs in flight (ties broken at
+//! random). An executor that cannot be reached, or says it is draining, is skipped for a
+//! while; periodic grpc.health.v1 checks bring it back as soon as it serves again.
+//!
+//! A job that could not *start* (connect error, UNAVAILABLE, RESOURCE_EXHAUSTED, start
+//! timeout) is retried on another executor: nothing of it has run, so nothing can run
+//! twice. Once started it is never retried: the script may have called tools with side
+//! effects. If its executor dies, the stream errors or ends without a final event, and
+//! the job ends with EXECUTOR_LOST (see [`crate::jobs`]).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use enclave_proto::v1::{
+    Job, RunEvent, RunRequest, ToolResult, executor_client::ExecutorClient, run_event::Event,
+    run_request::Msg,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::config::ExecutorsConfig;
+
+/// Tool results waiting to go to the executor; the executor reads them as they come, so
+/// this only absorbs a burst of `Promise.all` answers.
+const TOOL_RESULT_BUFFER: usize = 64;
+/// A health check that takes longer than this counts as a failure.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 pings on executor connections: a host that vanished without closing its
+/// sockets (power loss, partition) is noticed within interval + timeout, so a running
+/// job ends with EXECUTOR_LOST instead of waiting for its deadline.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A job's events as the executor sends them: console and tool calls, then one final
+/// event. `Err` (with a reason) or the end of the stream before the final event means
+/// the executor was lost.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
+
+/// A job that an executor accepted.
+pub struct StartedJob {
+    /// Which executor runs it, for logs: `embedded` or its address.
+    pub executor: String,
+    pub events: EventStream,
+    /// Answers to the job's tool calls, in any order.
+    pub tool_results: mpsc::Sender<ToolResult>,
+    /// Dropped with the job: releases its slot, and for embedded jobs stops the script.
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl StartedJob {
+    pub fn new(
+        executor: String,
+        events: EventStream,
+        tool_results: mpsc::Sender<ToolResult>,
+        guard: impl Send + Sync + 'static,
+    ) -> StartedJob {
+        StartedJob {
+            executor,
+            events,
+            tool_results,
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+/// Why a job did not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The job itself was refused (limits above the ceiling, code too large, bad input
+    /// JSON): trying elsewhere would not help.
+    #[error("{0}")]
+    Invalid(String),
+    /// Every executor tried was at its maximum of concurrent jobs.
+    #[error("{0}")]
+    Busy(String),
+    /// No executor could be reached.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Runs jobs somewhere.
+pub trait Backend: Send + Sync + 'static {
+    /// Starts `job`, retrying wherever that is safe. The job is running when this
+    /// returns `Ok`; dropping the [`StartedJob`] cancels it.
+    fn start(&self, job: Job) -> BoxFuture<'_, Result<StartedJob, StartError>>;
+
+    /// A line for logs and status pages.
+    fn describe(&self) -> String;
+}
+
+/// The backend the config asks for: embedded without executors, else a remote pool.
+pub async fn from_config(
+    config: &ExecutorsConfig,
+) -> Result<Arc<dyn Backend>, crate::embedded::EmbeddedError> {
+    if config.is_embedded() {
+        let sandbox = enclave_executor::SandboxConfig {
+            max_concurrent_jobs: config.embedded_max_jobs,
+            ..Default::default()
+        };
+        Ok(Arc::new(crate::embedded::Embedded::new(sandbox).await?))
+    } else {
+        Ok(Arc::new(RemotePool::new(config.clone()).await))
+    }
+}
+
+/// Health as this broker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Skipped until this instant (unless nothing else is left) or a passing check.
+    Down {
+        until: Instant,
+    },
+}
+
+struct Member {
+    endpoint: String,
+    client: ExecutorClient<Channel>,
+    health: HealthClient<Channel>,
+    in_flight: AtomicUsize,
+    state: Mutex<Health>,
+}
+
+impl Member {
+    /// `tls` (from `ca_file`) is used for `https://` endpoints, which need it.
+    fn new(
+        endpoint: String,
+        config: &ExecutorsConfig,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Member, String> {
+        let mut channel =
+            Endpoint::from_shared(endpoint.clone()).map_err(|e| format!("{endpoint}: {e}"))?;
+        if endpoint.starts_with("https://") {
+            let tls = tls.ok_or_else(|| {
+                format!("{endpoint}: https needs a CA (--executor-ca or [executors] ca_file)")
+            })?;
+            channel = channel
+                .tls_config(tls.clone())
+                .map_err(|e| format!("{endpoint}: {e}"))?;
+        }
+        let channel = channel
+            .connect_timeout(config.connect_timeout())
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let max = enclave_executor::server::MAX_MESSAGE_BYTES;
+        Ok(Member {
+            endpoint,
+            client: ExecutorClient::new(channel.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            health: HealthClient::new(channel),
+            in_flight: AtomicUsize::new(0),
+            state: Mutex::new(Health::Up),
+        })
+    }
+
+    fn health(&self) -> Health {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_health(&self, health: Health) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *state != health {
+            match health {
+                Health::Up => tracing::info!(executor = %self.endpoint, "executor up"),
+                Health::Down { .. } if *state == Health::Up => {
+                    tracing::warn!(executor = %self.endpoint, "executor down")
+                }
+                Health::Down { .. } => {}
+            }
+        }
+        *state = health;
+    }
+
+    fn is_up(&self, now: Instant) -> bool {
+        match self.health() {
+            Health::Up => true,
+            Health::Down { until } => now >= until,
+        }
+    }
+}
+
+/// Counts a job against its executor until dropped.
+struct InFlight(Arc<Member>);
+
+impl InFlight {
+    fn new(member: Arc<Member>) -> InFlight {
+        member.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(member)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One executor as reported by [`RemotePool::executors`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorStatus {
+    pub endpoint: String,
+    pub in_flight: usize,
+    pub health: Health,
+}
+
+struct Shared {
+    config: ExecutorsConfig,
+    /// `config.ca_file`, loaded once.
+    tls: Option<ClientTlsConfig>,
+    members: RwLock<Vec<Arc<Member>>>,
+}
+
+/// Executors reached over gRPC. Cheap to clone; background tasks (DNS refresh, health
+/// checks) stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct RemotePool {
+    shared: Arc<Shared>,
+}
+
+impl RemotePool {
+    /// Sets up the executors of `config` (`endpoints` or `dns`). With `dns`, the name is
+    /// resolved once before this returns (a failure leaves the pool empty until the next
+    /// refresh). Spawns the refresh and health tasks on the current runtime.
+    pub async fn new(config: ExecutorsConfig) -> RemotePool {
+        // `enclave-broker` checks the CA file before it gets here; a library caller with
+        // a bad one gets its https executors refused, each with the reason.
+        let tls = config.tls().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "executor CA not loaded");
+            None
+        });
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            tls,
+            members: RwLock::new(Vec::new()),
+        });
+        let pool = RemotePool { shared };
+        for endpoint in &config.endpoints {
+            pool.add(endpoint.clone());
+        }
+        if let Some(name) = &config.dns {
+            pool.resolve(name).await;
+            tokio::spawn(refresh_dns(
+                Arc::downgrade(&pool.shared),
+                name.clone(),
+                config.refresh(),
+            ));
+        }
+        tokio::spawn(check_health(
+            Arc::downgrade(&pool.shared),
+            config.health_interval(),
+        ));
+        pool
+    }
+
+    fn add(&self, endpoint: String) {
+        match Member::new(endpoint, &self.shared.config, self.shared.tls.as_ref()) {
+            Ok(member) => {
+                tracing::info!(executor = %member.endpoint, "executor added");
+                self.shared
+                    .members
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Arc::new(member));
+            }
+            Err(e) => tracing::error!(error = %e, "executor endpoint refused"),
+        }
+    }
+
+    fn members(&self) -> Vec<Arc<Member>> {
+        self.shared
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The executors known now.
+    pub fn executors(&self) -> Vec<ExecutorStatus> {
+        self.members()
+            .iter()
+            .map(|m| ExecutorStatus {
+                endpoint: m.endpoint.clone(),
+                in_flight: m.in_flight.load(Ordering::SeqCst),
+                health: m.health(),
+            })
+            .collect()
+    }
+
+    /// Makes the member set match what `name` resolves to now. Members that disappear
+    /// are only forgotten: their running jobs keep their own handle on the connection.
+    async fn resolve(&self, name: &str) {
+        let addrs: HashSet<SocketAddr> = match tokio::net::lookup_host(name).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => {
+                tracing::warn!(name, error = %e, "resolving executors failed; keeping the current set");
+                return;
+            }
+        };
+        // With a CA the executors serve TLS, with certificates for the DNS name (the
+        // addresses it resolves to change; the name does not).
+        let tls = self.shared.tls.clone().map(|tls| {
+            let host = name.rsplit_once(':').map_or(name, |(host, _)| host);
+            tls.domain_name(host.trim_start_matches('[').trim_end_matches(']'))
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let wanted: HashSet<String> = addrs.iter().map(|a| format!("{scheme}://{a}")).collect();
+        let mut members = self
+            .shared
+            .members
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| {
+            let keep = wanted.contains(&m.endpoint);
+            if !keep {
+                tracing::info!(executor = %m.endpoint, "executor removed (no longer in DNS)");
+            }
+            keep
+        });
+        let known: HashSet<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+        let mut new: Vec<&String> = wanted.iter().filter(|e| !known.contains(*e)).collect();
+        new.sort();
+        for endpoint in new {
+            match Member::new(endpoint.clone(), &self.shared.config, tls.as_ref()) {
+                Ok(member) => {
+                    tracing::info!(executor = %endpoint, "executor added");
+                    members.push(Arc::new(member));
+                }
+                Err(e) => tracing::error!(error = %e, "executor endpoint refused"),
+            }
+        }
+    }
+
+    /// The least loaded executor not tried yet for this job: up ones first, then (so a
+    /// job is not refused while a down mark is merely stale) the rest.
+    fn pick(&self, tried: &HashSet<String>) -> Option<Arc<Member>> {
+        let now = Instant::now();
+        let candidates: Vec<Arc<Member>> = self
+            .members()
+            .into_iter()
+            .filter(|m| !tried.contains(&m.endpoint))
+            .collect();
+        let least = |members: Vec<&Arc<Member>>| -> Option<Arc<Member>> {
+            let min = members
+                .iter()
+                .map(|m| m.in_flight.load(Ordering::SeqCst))
+                .min()?;
+            let best: Vec<&&Arc<Member>> = members
+                .iter()
+                .filter(|m| m.in_flight.load(Ordering::SeqCst) == min)
+                .collect();
+            let i = rand::random_range(0..best.len());
+            Some((*best[i]).clone())
+        };
+        least(candidates.iter().filter(|m| m.is_up(now)).collect())
+            .or_else(|| least(candidates.iter().collect()))
+    }
+
+    async fn start_job(&self, job: Job) -> Result<StartedJob, StartError> {
+        let config = &self.shared.config;
+        let mut tried = HashSet::new();
+        let mut busy = Vec::new();
+        let mut failures = Vec::new();
+        for _ in 0..config.max_start_attempts {
+            let Some(member) = self.pick(&tried) else {
+                break;
+            };
+            tried.insert(member.endpoint.clone());
+            match self.attempt(&member, job.clone()).await {
+                Ok(started) => return Ok(started),
+                Err(Attempt::Invalid(message)) => return Err(StartError::Invalid(message)),
+                Err(Attempt::Busy(message)) => {
+                    tracing::debug!(executor = %member.endpoint, "executor full; trying another");
+                    busy.push(format!("{}: {message}", member.endpoint));
+                }
+                Err(Attempt::Down(message)) => {
+                    tracing::warn!(executor = %member.endpoint, reason = %message, "job could not start; trying another");
+                    member.set_health(Health::Down {
+                        until: Instant::now() + config.down_retry(),
+                    });
+                    failures.push(format!("{}: {message}", member.endpoint));
+                }
+                Err(Attempt::Failed(message)) => {
+                    tracing::warn!(executor = %member.endpoint, reason = %message, "job could not start; trying another");
+                    failures.push(format!("{}: {message}", member.endpoint));
+                }
+            }
+        }
+        if tried.is_empty() {
+            return Err(StartError::Unavailable(
+                "no executors are known (check [executors] and DNS)".into(),
+            ));
+        }
+        if failures.is_empty() && !busy.is_empty() {
+            return Err(StartError::Busy(format!(
+                "every executor tried is running its maximum of jobs ({})",
+                busy.join("; ")
+            )));
+        }
+        let mut all = failures;
+        all.extend(busy);
+        Err(StartError::Unavailable(format!(
+            "no executor could start the job ({})",
+            all.join("; ")
+        )))
+    }
+
+    async fn attempt(&self, member: &Arc<Member>, job: Job) -> Result<StartedJob, Attempt> {
+        let in_flight = InFlight::new(member.clone());
+        let (results_tx, results_rx) = mpsc::channel::<ToolResult>(TOOL_RESULT_BUFFER);
+        let first = RunRequest {
+            msg: Some(Msg::Job(job)),
+        };
+        let requests = futures::stream::once(async move { first }).chain(
+            ReceiverStream::new(results_rx).map(|r| RunRequest {
+                msg: Some(Msg::ToolResult(r)),
+            }),
+        );
+        let mut client = member.client.clone();
+        let timeout = self.shared.config.start_timeout();
+        let response = match tokio::time::timeout(timeout, client.run(requests)).await {
+            Err(_) => {
+                return Err(Attempt::Down(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            Ok(Err(status)) => return Err(Attempt::from_status(&status)),
+            Ok(Ok(response)) => response,
+        };
+        member.set_health(Health::Up);
+        let events = numbered(response.into_inner());
+        Ok(StartedJob::new(
+            member.endpoint.clone(),
+            events,
+            results_tx,
+            in_flight,
+        ))
+    }
+}
+
+enum Attempt {
+    Invalid(String),
+    Busy(String),
+    /// Unreachable or draining: mark it down.
+    Down(String),
+    /// Refused for another reason: try elsewhere, but do not mark it down.
+    Failed(String),
+}
+
+impl Attempt {
+    fn from_status(status: &tonic::Status) -> Attempt {
+        let message = status.message().to_string();
+        match status.code() {
+            tonic::Code::InvalidArgument => Attempt::Invalid(message),
+            tonic::Code::ResourceExhausted => Attempt::Busy(message),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+                Attempt::Down(format!("{:?}: {message}", status.code()))
+            }
+            code => Attempt::Failed(format!("{code:?}: {message}")),
+        }
+    }
+}
+
+/// The executor's stream as a stream of events, checking its numbering: a gap would
+/// mean a lost event, and the job's transcript must not silently miss one.
+fn numbered(stream: tonic::Streaming<RunEvent>) -> EventStream {
+    let stream = futures::stream::unfold(
+        (stream, 0u64, false),
+        |(mut stream, expected, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match stream.message().await {
+                Ok(None) => return None,
+                Err(status) => Err(format!(
+                    "the executor's stream failed: {}",
+                    status.message()
+                )),
+                Ok(Some(RunEvent { seq, .. })) if seq != expected => Err(format!(
+                    "the executor sent event {seq} where {expected} was due"
+                )),
+                Ok(Some(RunEvent { event: None, .. })) => {
+                    Err("the executor sent an empty event".to_string())
+                }
+                Ok(Some(RunEvent {
+                    event: Some(event), ..
+                })) => Ok(event),
+            };
+            let done = item.is_err();
+            Some((item, (stream, expected + 1, done)))
+        },
+    );
+    Box::pin(stream)
+}
+
+impl Backend for RemotePool {
+    fn start(&self, job: Job) -> BoxFuture<'_, Result<StartedJob, StartError>> {
+        Box::pin(self.start_job(job))
+    }
+
+    fn describe(&self) -> String {
+        match &self.shared.config.dns {
+            Some(name) => format!("executors at {name} ({} resolved)", self.members().len()),
+            None => format!("{} executors", self.members().len()),
+        }
+    }
+}
+
+async fn refresh_dns(shared: Weak<Shared>, name: String, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        RemotePool { shared }.resolve(&name).await;
+    }
+}
+
+async fn check_health(shared: Weak<Shared>, every: Duration) {
+    let service = enclave_proto::v1::executor_server::SERVICE_NAME.to_string();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let members = shared
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let down_for = shared.config.down_retry();
+        drop(shared);
+        let checks = members.into_iter().map(|member| {
+            let service = service.clone();
+            async move {
+                let request = HealthCheckRequest { service };
+                let mut health = member.health.clone();
+                let serving = matches!(
+                    tokio::time::timeout(HEALTH_CHECK_TIMEOUT, health.check(request)).await,
+                    Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
+                );
+                if serving {
+                    member.set_health(Health::Up);
+                } else {
+                    member.set_health(Health::Down {
+                        until: Instant::now() + down_for,
+                    });
+                }
+            }
+        });
+        futures::future::join_all(checks).await;
+    }
+}

@@ -1,0 +1,272 @@
+//! The public `enclave.v1.Broker` gRPC service: handshake, then sealed requests.
+//!
+//! Every request after the handshake is a sealed record: the service finds the
+//! session, opens the record (which checks the replay window, epoch and associated
+//! data), runs the job through [`Broker`], and seals each answer for that request.
+//! Nothing of a job — code, events, results, even the broker's own failures — leaves
+//! unsealed; the only plaintext statuses are about the envelope (unknown session,
+//! malformed or replayed record, caps).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use enclave_proto::v1::{
+    ClientAuthAccepted, CloseSessionResponse, ErrorCode, ExecuteRequest, ExecuteResult,
+    HandshakeRequest, HandshakeResponse, JobError, RecordKind, SealedRecord, StreamEvent,
+    ToolResultEvent,
+    broker_server::{Broker as BrokerRpc, BrokerServer},
+    execute_result, handshake_request, handshake_response, stream_event,
+};
+use enclave_proto::{OpenedRequest, ServerConfig as HandshakeConfig, StreamSealer};
+use futures::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::jobs::{Broker, JobEvent};
+use crate::session::{Session, SessionStore};
+
+/// Sealed records carry jobs and results up to the protocol's 16 MiB plaintext cap.
+pub const MAX_MESSAGE_BYTES: usize = 20 << 20;
+
+#[derive(Clone)]
+pub struct BrokerService {
+    broker: Arc<Broker>,
+    sessions: Arc<SessionStore>,
+    handshake: Arc<HandshakeConfig>,
+}
+
+impl BrokerService {
+    pub fn new(
+        broker: Arc<Broker>,
+        sessions: Arc<SessionStore>,
+        handshake: HandshakeConfig,
+    ) -> BrokerService {
+        BrokerService {
+            broker,
+            sessions,
+            handshake: Arc::new(handshake),
+        }
+    }
+
+    pub fn sessions(&self) -> &Arc<SessionStore> {
+        &self.sessions
+    }
+
+    /// The job runner, for the legacy HTTP API: it runs jobs for clients that do not
+    /// speak protocol v1, so it cannot go through the sealed-record methods.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The handshake settings, whose identity key's fingerprint `GET /v1/info` and the
+    /// playground publish.
+    pub fn handshake_config(&self) -> &HandshakeConfig {
+        &self.handshake
+    }
+
+    pub fn into_server(self) -> BrokerServer<BrokerService> {
+        BrokerServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Finds the session and opens the record as `kind`.
+    fn open(
+        &self,
+        record: &SealedRecord,
+        kind: RecordKind,
+    ) -> Result<(Arc<Session>, OpenedRequest), Status> {
+        let session = self.sessions.get(&record.session_id)?;
+        let opened = session.protocol().open_request(record, kind)?;
+        Ok((session, opened))
+    }
+
+    fn open_job(
+        &self,
+        record: &SealedRecord,
+        kind: RecordKind,
+    ) -> Result<(Arc<Session>, u64, enclave_proto::v1::Job), Status> {
+        let (session, opened) = self.open(record, kind)?;
+        let request = ExecuteRequest::decode(opened.plaintext.as_slice()).map_err(|e| {
+            Status::invalid_argument(format!("the sealed ExecuteRequest does not decode: {e}"))
+        })?;
+        let job = request
+            .job
+            .ok_or_else(|| Status::invalid_argument("the ExecuteRequest carries no job"))?;
+        Ok((session, opened.seq, job))
+    }
+}
+
+type SealedStream = Pin<Box<dyn Stream<Item = Result<SealedRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BrokerRpc for BrokerService {
+    async fn handshake(
+        &self,
+        request: Request<HandshakeRequest>,
+    ) -> Result<Response<HandshakeResponse>, Status> {
+        let step = match request.into_inner().step {
+            Some(handshake_request::Step::ClientHello(hello)) => {
+                self.sessions.check_capacity()?;
+                let (session, server_hello) =
+                    enclave_proto::handshake::accept(&self.handshake, &hello)?;
+                self.sessions.insert(session)?;
+                handshake_response::Step::ServerHello(server_hello)
+            }
+            Some(handshake_request::Step::ClientAuth(auth)) => {
+                let session = self.sessions.get(&auth.session_id)?;
+                let client = session
+                    .protocol()
+                    .verify_client_auth(&self.handshake, &auth)?;
+                tracing::info!(%client, "client authenticated");
+                handshake_response::Step::ClientAuthAccepted(ClientAuthAccepted {})
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "the handshake request carries no step",
+                ));
+            }
+        };
+        Ok(Response::new(HandshakeResponse { step: Some(step) }))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<SealedRecord>,
+    ) -> Result<Response<SealedRecord>, Status> {
+        let (session, seq, job) = self.open_job(request.get_ref(), RecordKind::ExecuteRequest)?;
+        let _slot = self.sessions.start_job(&session)?;
+        let (events_tx, mut events) = mpsc::channel(64);
+        let collect = async move {
+            let mut console = Vec::new();
+            while let Some(event) = events.recv().await {
+                if let JobEvent::Console(line) = event {
+                    console.push(line);
+                }
+            }
+            console
+        };
+        let (outcome, console) = tokio::join!(self.broker.run_job(job, events_tx), collect);
+        let outcome = match outcome {
+            Ok(final_event) => execute_result::Outcome::Final(final_event),
+            Err(failure) => execute_result::Outcome::Error(failure.to_job_error()),
+        };
+        let mut result = ExecuteResult {
+            outcome: Some(outcome),
+            console,
+        };
+        // Console and result are each capped by the job's limits, but together they can
+        // exceed what one sealed reply carries. The job has run: say so inside the
+        // result rather than failing the call.
+        let size = result.encoded_len();
+        if size > enclave_proto::seal::MAX_PLAINTEXT_LEN {
+            result = ExecuteResult {
+                outcome: Some(execute_result::Outcome::Error(JobError {
+                    code: ErrorCode::ResultTooLarge as i32,
+                    message: format!(
+                        "the job's console output and result together are {size} bytes, more than the {} a sealed reply carries; use ExecuteStream, which seals each event on its own",
+                        enclave_proto::seal::MAX_PLAINTEXT_LEN
+                    ),
+                    ..Default::default()
+                })),
+                console: Vec::new(),
+            };
+        }
+        let sealed = session.protocol().channel().seal_reply(
+            seq,
+            RecordKind::ExecuteResult,
+            0,
+            &result.encode_to_vec(),
+        )?;
+        Ok(Response::new(sealed))
+    }
+
+    type ExecuteStreamStream = SealedStream;
+
+    async fn execute_stream(
+        &self,
+        request: Request<SealedRecord>,
+    ) -> Result<Response<SealedStream>, Status> {
+        let (session, seq, job) = self.open_job(request.get_ref(), RecordKind::StreamRequest)?;
+        let slot = self.sessions.start_job(&session)?;
+        let (out, out_rx) = mpsc::channel(64);
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            stream_job(&broker, &session, seq, job, out).await;
+            drop(slot);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<SealedRecord>,
+    ) -> Result<Response<SealedRecord>, Status> {
+        let record = request.into_inner();
+        let (session, opened) = self.open(&record, RecordKind::CloseRequest)?;
+        let sealed = session.protocol().channel().seal_reply(
+            opened.seq,
+            RecordKind::CloseResult,
+            0,
+            &CloseSessionResponse {}.encode_to_vec(),
+        )?;
+        self.sessions.remove(&record.session_id);
+        Ok(Response::new(sealed))
+    }
+
+    async fn rekey(
+        &self,
+        request: Request<SealedRecord>,
+    ) -> Result<Response<SealedRecord>, Status> {
+        let (session, opened) = self.open(request.get_ref(), RecordKind::RekeyRequest)?;
+        let sealed = session.protocol().channel().seal_rekey_result(opened.seq)?;
+        Ok(Response::new(sealed))
+    }
+}
+
+/// Runs one job and seals its events, in order, the last one final. Stops the job as
+/// soon as the client goes away.
+async fn stream_job(
+    broker: &Broker,
+    session: &Session,
+    seq: u64,
+    job: enclave_proto::v1::Job,
+    out: mpsc::Sender<Result<SealedRecord, Status>>,
+) {
+    let mut sealer = StreamSealer::new(seq);
+    let mut seal = |event: stream_event::Event| {
+        let mut protocol = session.protocol();
+        sealer
+            .seal(protocol.channel(), &StreamEvent { event: Some(event) })
+            .map_err(Status::from)
+    };
+    let Some(outcome) = broker
+        .run_job_into(job, &out, |event| seal(stream_event(event)))
+        .await
+    else {
+        return;
+    };
+    let last = match outcome {
+        Ok(final_event) => stream_event::Event::Final(final_event),
+        Err(failure) => stream_event::Event::Error(failure.to_job_error()),
+    };
+    let _ = out.send(seal(last)).await;
+}
+
+fn stream_event(event: JobEvent) -> stream_event::Event {
+    match event {
+        JobEvent::Console(line) => stream_event::Event::Console(line),
+        JobEvent::ToolCall(call) => stream_event::Event::ToolCall(call),
+        JobEvent::ToolResult {
+            call_id,
+            name,
+            error,
+        } => stream_event::Event::ToolResult(ToolResultEvent {
+            call_id,
+            is_error: error.is_some(),
+            name,
+        }),
+    }
+}

@@ -1,0 +1,473 @@
+//! `http:fetch {url, method?, headers?, body?}` (also `http:post`, `http:get`): an HTTP
+//! request to an allow-listed host, answered with `{status, headers, body}`.
+//!
+//! The allow-list is the whole of a script's network reach, so it is checked on the URL
+//! as the script wrote it (before secret values are substituted: a handle placed in the
+//! host part can never make a DNS query carry a secret) and again on every redirect hop.
+//! Redirects are followed here rather than by reqwest so that each hop can be checked
+//! and so that headers and bodies that carry a secret are never re-sent to another host.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{Tool, ToolContext, ToolError, ToolFuture, parse_args};
+use crate::config::{HostPort, HttpFetchConfig};
+use crate::secrets::{HANDLE_PREFIX, JobSecrets};
+
+/// Headers a script may not set: they frame the request (smuggling a second request to
+/// an allowed host, or confusing its proxy) or belong to the connection.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+];
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+const USAGE: &str =
+    "{ url: string, method?: string, headers?: { [name]: string }, body?: string | JSON }";
+
+/// Policy and client shared by `http:fetch` and its aliases.
+struct Shared {
+    client: reqwest::Client,
+    allow: Vec<HostPort>,
+    /// For error messages: the allow-list as configured.
+    allow_shown: String,
+    max_response_bytes: u64,
+    max_redirects: u32,
+}
+
+/// One registered name of the tool: `http:fetch` lets the script pick the method,
+/// `http:post` / `http:get` fix it.
+pub struct HttpFetch {
+    shared: Arc<Shared>,
+    fixed_method: Option<Method>,
+}
+
+impl HttpFetch {
+    /// The tool under each of its names.
+    pub fn family(config: &HttpFetchConfig) -> Result<Vec<(&'static str, HttpFetch)>, String> {
+        let allow = config
+            .allow_hosts
+            .iter()
+            .map(|h| HostPort::parse(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(Shared {
+            client: client()?,
+            allow,
+            allow_shown: config.allow_hosts.join(", "),
+            max_response_bytes: config.max_response_bytes,
+            max_redirects: config.max_redirects,
+        });
+        let tool = |fixed_method| HttpFetch {
+            shared: shared.clone(),
+            fixed_method,
+        };
+        Ok(vec![
+            ("http:fetch", tool(None)),
+            ("http:post", tool(Some(Method::POST))),
+            ("http:get", tool(Some(Method::GET))),
+        ])
+    }
+}
+
+/// Redirects off (followed by hand), no proxy from the environment, TLS with the ring
+/// provider and the OS trust store.
+fn client() -> Result<reqwest::Client, String> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_platform_verifier()
+        .map_err(|e| format!("TLS trust store: {e}"))?
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("enclave-broker/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| format!("building the HTTP client: {e}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Args {
+    url: String,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<serde_json::Value>,
+}
+
+/// A request with secrets substituted, ready to send (and re-send on a redirect).
+struct Prepared {
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    /// Headers whose value had a secret substituted: dropped on a cross-origin redirect.
+    secret_headers: Vec<HeaderName>,
+    body: Option<Zeroizing<Vec<u8>>>,
+    body_has_secret: bool,
+}
+
+impl Tool for HttpFetch {
+    fn call<'a>(&'a self, cx: &'a ToolContext<'a>, args: serde_json::Value) -> ToolFuture<'a> {
+        Box::pin(async move {
+            let args: Args = parse_args(args, USAGE)?;
+            let request = self.prepare(cx.secrets, args)?;
+            self.shared.send(request).await
+        })
+    }
+}
+
+impl HttpFetch {
+    fn prepare(&self, secrets: &JobSecrets, args: Args) -> Result<Prepared, ToolError> {
+        let method = match (&self.fixed_method, args.method) {
+            (Some(fixed), None) => fixed.clone(),
+            (Some(fixed), Some(m)) if m.eq_ignore_ascii_case(fixed.as_str()) => fixed.clone(),
+            (Some(fixed), Some(m)) => {
+                return Err(ToolError::bad_args(format!(
+                    "this tool only sends {fixed}, not {m}; use http:fetch"
+                )));
+            }
+            (None, None) => Method::GET,
+            (None, Some(m)) => {
+                let upper = m.to_ascii_uppercase();
+                if !METHODS.contains(&upper.as_str()) {
+                    return Err(ToolError::bad_args(format!(
+                        "method `{m}` is not one of {}",
+                        METHODS.join(", ")
+                    )));
+                }
+                Method::from_bytes(upper.as_bytes())
+                    .map_err(|_| ToolError::bad_args("invalid method"))?
+            }
+        };
+        if args.body.is_some() && (method == Method::GET || method == Method::HEAD) {
+            return Err(ToolError::bad_args(format!(
+                "a {method} request cannot have a body"
+            )));
+        }
+
+        // The URL as written (handles, not values) decides where the request goes.
+        let written = Url::parse(&args.url)
+            .map_err(|e| ToolError::bad_args(format!("`url` is not an absolute URL: {e}")))?;
+        self.shared.check_destination(&written)?;
+        let url = Url::parse(&secrets.reveal_in_url(&args.url)).map_err(|_| {
+            ToolError::bad_args("`url` is not valid once its secrets are filled in")
+        })?;
+        if origin(&url) != origin(&written) {
+            return Err(ToolError::denied(
+                "a secret may not change where a request goes",
+            ));
+        }
+
+        let mut headers = HeaderMap::new();
+        let mut secret_headers = Vec::new();
+        for (name, value) in &args.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ToolError::bad_args(format!("`{name}` is not a valid header name")))?;
+            if FORBIDDEN_HEADERS.contains(&header.as_str()) {
+                return Err(ToolError::denied(format!(
+                    "header `{header}` is set by the broker, not the script"
+                )));
+            }
+            let revealed = secrets.reveal(value);
+            let mut header_value = HeaderValue::from_str(&revealed).map_err(|_| {
+                ToolError::bad_args(format!(
+                    "header `{name}` has a value that is not allowed in HTTP"
+                ))
+            })?;
+            if *revealed != *value {
+                header_value.set_sensitive(true);
+                secret_headers.push(header.clone());
+            }
+            headers.append(header, header_value);
+        }
+
+        let (body, body_has_secret) = match args.body {
+            None => (None, false),
+            Some(serde_json::Value::String(text)) => {
+                let revealed = secrets.reveal(&text);
+                let has = *revealed != text;
+                (Some(Zeroizing::new(revealed.as_bytes().to_vec())), has)
+            }
+            Some(mut value) => {
+                let has = reveal_json(secrets, &mut value);
+                let bytes = serde_json::to_vec(&value).map_err(|e| {
+                    ToolError::bad_args(format!("`body` is not JSON-encodable: {e}"))
+                })?;
+                if has {
+                    zero_json(&mut value);
+                }
+                if !headers.contains_key(CONTENT_TYPE) {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                (Some(Zeroizing::new(bytes)), has)
+            }
+        };
+        Ok(Prepared {
+            method,
+            url,
+            headers,
+            secret_headers,
+            body,
+            body_has_secret,
+        })
+    }
+}
+
+impl Shared {
+    fn check_destination(&self, url: &Url) -> Result<(), ToolError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ToolError::denied(format!(
+                "scheme `{}` is not allowed; use http or https",
+                url.scheme()
+            )));
+        }
+        if !self.allow.iter().any(|allowed| allowed.matches(url)) {
+            return Err(ToolError::denied(format!(
+                "host `{}` is not in the allow-list ({})",
+                host_port(url),
+                if self.allow_shown.is_empty() {
+                    "empty"
+                } else {
+                    &self.allow_shown
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    async fn send(&self, mut request: Prepared) -> Result<serde_json::Value, ToolError> {
+        let mut hops = 0;
+        let response = loop {
+            let mut builder = self
+                .client
+                .request(request.method.clone(), request.url.clone());
+            builder = builder.headers(request.headers.clone());
+            if let Some(body) = &request.body {
+                builder = builder.body(body.to_vec());
+            }
+            let response = builder
+                .send()
+                .await
+                .map_err(|e| describe(&request.url, e))?;
+            let Some(next) = redirect_target(&request.url, &response) else {
+                break response;
+            };
+            hops += 1;
+            if hops > self.max_redirects {
+                return Err(ToolError::failed(format!(
+                    "more than {} redirects",
+                    self.max_redirects
+                )));
+            }
+            let next = next?;
+            self.check_destination(&next)
+                .map_err(|e| ToolError::denied(format!("redirect refused: {e}")))?;
+            let status = response.status();
+            if status == StatusCode::SEE_OTHER
+                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                    && request.method == Method::POST)
+            {
+                if request.method != Method::HEAD {
+                    request.method = Method::GET;
+                }
+                request.body = None;
+                request.body_has_secret = false;
+                request.headers.remove(CONTENT_TYPE);
+            }
+            if origin(&next) != origin(&request.url) {
+                for name in request.secret_headers.drain(..) {
+                    request.headers.remove(name);
+                }
+                for name in ["authorization", "cookie"] {
+                    request.headers.remove(name);
+                }
+                if request.body_has_secret {
+                    return Err(ToolError::denied(format!(
+                        "redirect to `{}` refused: the request body carries a secret",
+                        host_port(&next)
+                    )));
+                }
+            }
+            request.url = next;
+        };
+        self.read(response, request.method == Method::HEAD).await
+    }
+
+    async fn read(
+        &self,
+        mut response: reqwest::Response,
+        head: bool,
+    ) -> Result<serde_json::Value, ToolError> {
+        let cap = self.max_response_bytes;
+        let too_large = || {
+            ToolError::failed(format!(
+                "the response body is larger than the {cap}-byte limit"
+            ))
+        };
+        // A HEAD response announces the length of a body it does not send.
+        if !head && response.content_length().is_some_and(|n| n > cap) {
+            return Err(too_large());
+        }
+        let status = response.status().as_u16();
+        let mut headers = BTreeMap::<String, String>::new();
+        for (name, value) in response.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            headers
+                .entry(name.as_str().to_string())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                })
+                .or_insert_with(|| value.into_owned());
+        }
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let essence = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                essence == "application/json" || essence.ends_with("+json")
+            })
+            .unwrap_or(false);
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| describe(response.url(), e))?
+        {
+            if body.len() as u64 + chunk.len() as u64 > cap {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(json) if is_json => json,
+            _ => serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()),
+        };
+        Ok(serde_json::json!({ "status": status, "headers": headers, "body": body }))
+    }
+}
+
+/// `Some` when the response is a redirect the client would follow.
+fn redirect_target(current: &Url, response: &reqwest::Response) -> Option<Result<Url, ToolError>> {
+    let status = response.status();
+    if !matches!(
+        status,
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    ) {
+        return None;
+    }
+    let location = response.headers().get(LOCATION)?;
+    Some(
+        location
+            .to_str()
+            .ok()
+            .and_then(|l| current.join(l).ok())
+            .ok_or_else(|| {
+                ToolError::failed(format!("redirect ({status}) to an invalid Location"))
+            }),
+    )
+}
+
+/// Fills secrets into every string of a JSON body; true if any was filled in.
+fn reveal_json(secrets: &JobSecrets, value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) if s.contains(HANDLE_PREFIX) => {
+            let revealed = secrets.reveal(s);
+            let changed = *revealed != *s;
+            if changed {
+                let mut old = std::mem::replace(s, revealed.to_string());
+                zeroize::Zeroize::zeroize(&mut old);
+            }
+            changed
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, v| reveal_json(secrets, v) | any),
+        serde_json::Value::Object(map) => map
+            .values_mut()
+            .fold(false, |any, v| reveal_json(secrets, v) | any),
+        _ => false,
+    }
+}
+
+/// Wipes the strings of a JSON value that held revealed secrets, once encoded.
+fn zero_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => zeroize::Zeroize::zeroize(s),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(zero_json),
+        serde_json::Value::Object(map) => map.values_mut().for_each(zero_json),
+        _ => {}
+    }
+}
+
+fn origin(url: &Url) -> (String, Option<String>, Option<u16>) {
+    (
+        url.scheme().to_string(),
+        url.host_str().map(str::to_string),
+        url.port_or_known_default(),
+    )
+}
+
+fn host_port(url: &Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => "(none)".into(),
+    }
+}
+
+/// A script-facing description of a transport error. Never includes the URL, which
+/// carries secret values by now (the registry scrubs too; this keeps logs clean as well).
+fn describe(url: &Url, error: reqwest::Error) -> ToolError {
+    let target = host_port(url);
+    let what = if error.is_connect() {
+        format!("could not connect to {target}")
+    } else if error.is_timeout() {
+        format!("{target} timed out")
+    } else if error.is_body() || error.is_decode() {
+        format!("reading the response from {target} failed")
+    } else {
+        format!("the request to {target} failed")
+    };
+    let mut causes = Vec::new();
+    let error = error.without_url();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    causes.dedup();
+    match causes.last() {
+        Some(root) => ToolError::failed(format!("{what}: {root}")),
+        None => ToolError::failed(what),
+    }
+}

@@ -1,0 +1,111 @@
+//! The broker with remote executors: a job whose executor dies ends promptly.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use enclave_proto::v1::{ErrorCode, Suite, execute_result, final_event};
+use serde_json::json;
+
+use crate::support::*;
+
+/// `target/<profile>/enclave-executor`, built by `cargo test --workspace`.
+fn executor_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join("enclave-executor");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p enclave-executor` first",
+        path.display()
+    );
+    path
+}
+
+struct Executor(Child);
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_executor() -> (Executor, u16) {
+    let port = free_port();
+    let child = Command::new(executor_binary())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "executor did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (Executor(child), port)
+}
+
+#[tokio::test]
+async fn a_job_whose_executor_dies_ends_with_executor_lost() {
+    let (mut executor, port) = start_executor().await;
+    let broker = Broker::start(&["--executor", &format!("http://127.0.0.1:{port}")]);
+    let mut raw = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    assert_eq!(
+        value(&raw.execute("return 'remote'").await.unwrap()),
+        json!("remote")
+    );
+
+    let record = raw.seal(
+        enclave_proto::v1::RecordKind::ExecuteRequest,
+        job("await null; while (true) {}"),
+    );
+    let request_seq = record.seq;
+    let pending = {
+        let mut rpc = raw.rpc.clone();
+        tokio::spawn(async move { rpc.execute(record).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    executor.0.kill().unwrap();
+    let reply = pending
+        .await
+        .unwrap()
+        .expect("the broker answers, sealed")
+        .into_inner();
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let plain = raw
+        .session
+        .channel()
+        .open_reply(
+            request_seq,
+            enclave_proto::v1::RecordKind::ExecuteResult,
+            &reply,
+        )
+        .expect("opens");
+    let result: enclave_proto::v1::ExecuteResult =
+        prost::Message::decode(plain.as_slice()).unwrap();
+    let code = match result.outcome {
+        Some(execute_result::Outcome::Error(e)) => e.code(),
+        Some(execute_result::Outcome::Final(f)) => match f.outcome {
+            Some(final_event::Outcome::Error(e)) => e.code(),
+            other => panic!("{other:?}"),
+        },
+        None => panic!("empty result"),
+    };
+    assert_eq!(code, ErrorCode::ExecutorLost);
+}

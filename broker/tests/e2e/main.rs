@@ -1,0 +1,10 @@
+//! End-to-end tests of the public broker: the real `enclave-broker` process on a
+//! loopback port, driven by a raw protocol client (tests/e2e/support.rs).
+
+mod support;
+
+mod attacks;
+mod auth;
+mod executors;
+mod secrets;
+mod sessions;

@@ -1,0 +1,114 @@
+//! Session lifecycle: expiry, explicit close, caps, many sessions at once.
+
+use std::time::{Duration, Instant};
+
+use enclave_proto::v1::{CloseSessionResponse, RecordKind, Suite};
+use prost::Message;
+use serde_json::json;
+use tonic::Code;
+
+use crate::support::*;
+
+const SUITE: Suite = Suite::X25519Ed25519Aes256gcmSha256;
+
+#[tokio::test]
+async fn an_idle_session_expires() {
+    let broker = Broker::start(&["--session-idle-secs", "1"]);
+    let mut raw = Raw::connect(&broker, SUITE).await;
+    assert_eq!(value(&raw.execute("return 1").await.unwrap()), json!(1));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = raw.execute("return 2").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("expired"), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_session_dies_at_its_lifetime_however_busy() {
+    let broker = Broker::start(&["--session-lifetime-secs", "2"]);
+    let mut raw = Raw::connect(&broker, SUITE).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(value(&raw.execute("return 1").await.unwrap()), json!(1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        raw.execute("return 1").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn close_ends_the_session() {
+    let broker = Broker::start(&[]);
+    let mut raw = Raw::connect(&broker, SUITE).await;
+    let record = raw
+        .session
+        .channel()
+        .seal_request(RecordKind::CloseRequest, &[])
+        .unwrap();
+    let seq = record.seq;
+    let reply = raw.rpc.close_session(record).await.unwrap().into_inner();
+    let plain = raw
+        .session
+        .channel()
+        .open_reply(seq, RecordKind::CloseResult, &reply)
+        .unwrap();
+    CloseSessionResponse::decode(plain.as_slice()).unwrap();
+    assert_eq!(
+        raw.execute("return 1").await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn caps_on_sessions_and_on_jobs_per_session() {
+    let broker = Broker::start(&["--max-sessions", "2", "--max-jobs-per-session", "1"]);
+    let mut a = Raw::connect(&broker, SUITE).await;
+    let _b = Raw::connect(&broker, SUITE).await;
+    let err = Raw::connect_as(&broker, SUITE, None)
+        .await
+        .err()
+        .expect("third session refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // One job in flight on `a` (it sleeps on a tool-less busy wait); a second is refused.
+    let busy = a.seal(
+        RecordKind::ExecuteRequest,
+        job("const t = Date.now(); while (Date.now() - t < 1500) {} return 1"),
+    );
+    let mut rpc = a.rpc.clone();
+    let running = tokio::spawn(async move { rpc.execute(busy).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = a.execute("return 2").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(running.await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_sessions() {
+    let broker = Broker::start(&[]);
+    let broker = std::sync::Arc::new(broker);
+    // Ten connections carry the thousand sessions, as a few clients' pools would.
+    let mut connections = Vec::new();
+    for _ in 0..10 {
+        connections.push(broker.rpc().await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let broker = broker.clone();
+        let rpc = connections[i % 10].clone();
+        tasks.push(tokio::spawn(async move {
+            let suite = if i % 2 == 0 {
+                SUITE
+            } else {
+                Suite::P256Ed25519Aes256gcmSha256
+            };
+            let mut raw = Raw::connect_on(rpc, &broker, suite, None).await.unwrap();
+            value(&raw.execute(&format!("return {i}")).await.unwrap())
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), json!(i));
+    }
+}

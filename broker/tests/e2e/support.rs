@@ -1,0 +1,229 @@
+//! The real `enclave-broker` binary on a loopback port, and a raw protocol client that
+//! can also misbehave (tamper, replay, reorder, splice) on purpose.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use enclave_proto::v1::{
+    ExecuteRequest, ExecuteResult, HandshakeRequest, Job, RecordKind, SealedRecord, SecurityLevel,
+    StreamEvent, Suite, broker_client::BrokerClient, handshake_request, handshake_response,
+};
+use enclave_proto::{
+    ClientConfig, ClientHandshake, ClientSession, Fingerprint, IdentityKey, StreamOpener,
+};
+use prost::Message;
+use tonic::transport::Channel;
+
+pub fn temp_path(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "enclave-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A broker child process, killed when dropped.
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    pub fn start(args: &[&str]) -> Broker {
+        Broker::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        let identity = temp_path("broker.key");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_enclave-broker"))
+            .args(["--listen", "127.0.0.1:0", "--identity"])
+            .arg(&identity)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .env("ENCLAVE_LOG", "debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enclave-broker");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("broker serving") {
+                        let field = |name: &str| {
+                            line.split(&format!("{name}="))
+                                .nth(1)
+                                .and_then(|s| s.split_whitespace().next())
+                                .map(str::to_owned)
+                        };
+                        let _ = tx.send((field("addr"), field("fingerprint")));
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let (addr, fingerprint) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("broker starts");
+        Broker {
+            child,
+            addr: addr.expect("addr").parse().unwrap(),
+            fingerprint: fingerprint.expect("fingerprint").parse().unwrap(),
+            log,
+        }
+    }
+
+    /// Everything the broker logged so far (at debug level).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn rpc(&self) -> BrokerClient<Channel> {
+        BrokerClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+            .max_decoding_message_size(32 << 20)
+            .max_encoding_message_size(32 << 20)
+    }
+}
+
+pub fn job(code: &str) -> Job {
+    Job {
+        code: code.into(),
+        level: SecurityLevel::Strict as i32,
+        ..Default::default()
+    }
+}
+
+/// A protocol client built directly on the protocol crate.
+pub struct Raw {
+    pub rpc: BrokerClient<Channel>,
+    pub session: ClientSession,
+}
+
+impl Raw {
+    pub async fn connect(broker: &Broker, suite: Suite) -> Raw {
+        Raw::connect_as(broker, suite, None)
+            .await
+            .expect("handshake")
+    }
+
+    pub async fn connect_as(
+        broker: &Broker,
+        suite: Suite,
+        identity: Option<&IdentityKey>,
+    ) -> Result<Raw, tonic::Status> {
+        Raw::connect_on(broker.rpc().await, broker, suite, identity).await
+    }
+
+    /// A new session over an existing connection (sessions are not connections).
+    pub async fn connect_on(
+        mut rpc: BrokerClient<Channel>,
+        broker: &Broker,
+        suite: Suite,
+        identity: Option<&IdentityKey>,
+    ) -> Result<Raw, tonic::Status> {
+        let config = ClientConfig {
+            suite,
+            ..ClientConfig::new(broker.fingerprint)
+        };
+        let (handshake, hello) = ClientHandshake::start(&config).unwrap();
+        let response = rpc
+            .handshake(HandshakeRequest {
+                step: Some(handshake_request::Step::ClientHello(hello)),
+            })
+            .await?
+            .into_inner();
+        let Some(handshake_response::Step::ServerHello(server_hello)) = response.step else {
+            panic!("no ServerHello")
+        };
+        let mut session = handshake
+            .finish(&server_hello)
+            .map_err(tonic::Status::from)?;
+        if let Some(key) = identity {
+            let auth = session.authenticate(key).unwrap();
+            rpc.handshake(HandshakeRequest {
+                step: Some(handshake_request::Step::ClientAuth(auth)),
+            })
+            .await?;
+        }
+        Ok(Raw { rpc, session })
+    }
+
+    pub fn seal(&mut self, kind: RecordKind, job: Job) -> SealedRecord {
+        let body = ExecuteRequest { job: Some(job) }.encode_to_vec();
+        self.session.channel().seal_request(kind, &body).unwrap()
+    }
+
+    pub async fn send(&mut self, record: SealedRecord) -> Result<ExecuteResult, tonic::Status> {
+        let seq = record.seq;
+        let reply = self.rpc.execute(record).await?.into_inner();
+        let plain = self
+            .session
+            .channel()
+            .open_reply(seq, RecordKind::ExecuteResult, &reply)
+            .map_err(tonic::Status::from)?;
+        Ok(ExecuteResult::decode(plain.as_slice()).unwrap())
+    }
+
+    pub async fn execute(&mut self, code: &str) -> Result<ExecuteResult, tonic::Status> {
+        let record = self.seal(RecordKind::ExecuteRequest, job(code));
+        self.send(record).await
+    }
+
+    /// Runs a streaming job; returns the opened events and the raw records.
+    pub async fn stream(
+        &mut self,
+        code: &str,
+    ) -> Result<(Vec<StreamEvent>, Vec<SealedRecord>), tonic::Status> {
+        let record = self.seal(RecordKind::StreamRequest, job(code));
+        let seq = record.seq;
+        let mut stream = self.rpc.execute_stream(record).await?.into_inner();
+        let mut opener = StreamOpener::new(seq);
+        let (mut events, mut records) = (Vec::new(), Vec::new());
+        while let Some(rec) = stream.message().await? {
+            events.push(
+                opener
+                    .open(self.session.channel(), &rec)
+                    .map_err(tonic::Status::from)?,
+            );
+            records.push(rec);
+        }
+        opener.finish().map_err(tonic::Status::from)?;
+        Ok((events, records))
+    }
+}
+
+/// The job's result as JSON, panicking with the failure otherwise.
+pub fn value(result: &ExecuteResult) -> serde_json::Value {
+    use enclave_proto::v1::{execute_result, final_event};
+    match &result.outcome {
+        Some(execute_result::Outcome::Final(f)) => match &f.outcome {
+            Some(final_event::Outcome::ResultJson(json)) => serde_json::from_str(json).unwrap(),
+            other => panic!("job failed: {other:?}"),
+        },
+        other => panic!("broker failed the job: {other:?}"),
+    }
+}
