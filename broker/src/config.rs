@@ -589,4 +589,23 @@ mod tests {
         assert!(default_port.matches(&url("https://a.com/")));
         assert!(!default_port.matches(&url("http://a.com/")));
     }
+
+    #[test]
+    fn https_executors_need_a_readable_ca() {
+        let c =
+            parse("[executors]\nendpoints = [\"https://a:1\"]\nca_file = \"ca.pem\"\n").unwrap();
+        // Relative to the config file, like the secrets file.
+        assert_eq!(
+            c.executors.ca_file.as_deref(),
+            Some(Path::new("/etc/enclave/ca.pem"))
+        );
+        let err = c.executors.check_tls().unwrap_err().to_string();
+        assert!(err.contains("/etc/enclave/ca.pem"), "{err}");
+        let c = parse("[executors]\nendpoints = [\"https://a:1\"]\n").unwrap();
+        let err = c.executors.check_tls().unwrap_err().to_string();
+        assert!(err.contains("no CA is given"), "{err}");
+        assert!(parse("[executors]\nendpoints = [\"ftp://a:1\"]\n").is_err());
+        let plaintext = parse("[executors]\nendpoints = [\"http://a:1\"]\n").unwrap();
+        assert!(plaintext.executors.check_tls().is_ok());
+    }
 }

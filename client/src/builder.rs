@@ -187,10 +187,23 @@ impl ClientBuilder {
     /// Opens the connection and runs the handshake (and ClientAuth when an identity is
     /// configured or the broker requires one).
     pub async fn connect(self) -> Result<Client, ClientError> {
+        let plaintext = self.server.starts_with("http://");
         let (endpoint, settings) = self.into_parts()?;
         let channel = endpoint.connect().await?;
         let client = Client::from_connection(Connection::new(channel, settings));
-        client.connect().await?;
+        client.connect().await.map_err(|e| match e {
+            ClientError::Status { code, message }
+                if plaintext && looks_like_tls(code, &message) =>
+            {
+                ClientError::Status {
+                    code,
+                    message: format!(
+                        "{message} (the server does not speak plaintext HTTP/2: if it serves TLS, use https:// and a CA file)"
+                    ),
+                }
+            }
+            e => e,
+        })?;
         Ok(client)
     }
 
@@ -229,6 +242,17 @@ impl ClientBuilder {
                 handshake_timeout: self.connect_timeout,
             },
         ))
+    }
+}
+
+/// What a TLS listener looks like to a plaintext HTTP/2 client's first call: it reads
+/// the TLS alert it gets back as a broken frame, or sees the connection drop (which
+/// side notices first varies). A broker answering the handshake never says these.
+fn looks_like_tls(code: tonic::Code, message: &str) -> bool {
+    match code {
+        tonic::Code::Internal => message.contains("h2 protocol error"),
+        tonic::Code::Cancelled | tonic::Code::Unknown => true,
+        _ => false,
     }
 }
 
