@@ -425,4 +425,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         // binary serves.
         .with_service_name("enclave.v1.Executor")
         .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
