@@ -365,16 +365,20 @@ impl RemotePool {
             .filter(|m| !tried.contains(&m.endpoint))
             .collect();
         let least = |members: Vec<&Arc<Member>>| -> Option<Arc<Member>> {
-            let min = members
-                .iter()
-                .map(|m| m.in_flight.load(Ordering::SeqCst))
-                .min()?;
-            let best: Vec<&&Arc<Member>> = members
-                .iter()
-                .filter(|m| m.in_flight.load(Ordering::SeqCst) == min)
+            // One reading of each load: read twice, concurrent jobs can move every load
+            // off the minimum between the readings and leave nothing to choose from.
+            let loads: Vec<(usize, &Arc<Member>)> = members
+                .into_iter()
+                .map(|m| (m.in_flight.load(Ordering::SeqCst), m))
+                .collect();
+            let min = loads.iter().map(|(load, _)| *load).min()?;
+            let best: Vec<&Arc<Member>> = loads
+                .into_iter()
+                .filter(|(load, _)| *load == min)
+                .map(|(_, m)| m)
                 .collect();
             let i = rand::random_range(0..best.len());
-            Some((*best[i]).clone())
+            Some(best[i].clone())
         };
         least(candidates.iter().filter(|m| m.is_up(now)).collect())
             .or_else(|| least(candidates.iter().collect()))

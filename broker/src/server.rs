@@ -5,7 +5,6 @@ use std::future::Future;
 
 use enclave_proto::v1::broker_server::BrokerServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
 
 use crate::service::BrokerService;
@@ -48,7 +47,12 @@ pub async fn serve_with_tls(
                 .expect("embedded descriptors are valid"),
         )
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // No Nagle: events and replies are small frames; with Nagle's algorithm and
+            // the peer's delayed ACKs each would wait ~40 ms (measured: p50 44 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
 
