@@ -210,19 +210,7 @@ impl SessionStore {
 
     /// Sweeps every `interval` for as long as the store lives.
     pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) {
-        let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(store) = store.upgrade() else { return };
-                let gone = store.sweep();
-                if gone > 0 {
-                    tracing::debug!(gone, live = store.len(), "swept expired sessions");
-                }
-            }
-        });
+        spawn_sweeper(self, interval, |store| (store.sweep(), store.len()));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SessionId, Arc<Session>>> {
@@ -232,4 +220,27 @@ impl SessionStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SessionId, Arc<Session>>> {
         self.sessions.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Calls `sweep` on `table` every `interval` for as long as the table lives (the task
+/// holds it weakly), logging how many entries went. Shared by the v1 session store and
+/// the legacy HTTP session table. `sweep` returns (removed, still live).
+pub(crate) fn spawn_sweeper<T: Send + Sync + 'static>(
+    table: &Arc<T>,
+    interval: Duration,
+    sweep: impl Fn(&T) -> (usize, usize) + Send + 'static,
+) {
+    let table = Arc::downgrade(table);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(table) = table.upgrade() else { return };
+            let (gone, live) = sweep(&table);
+            if gone > 0 {
+                tracing::debug!(gone, live, "swept expired sessions");
+            }
+        }
+    });
 }

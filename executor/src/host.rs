@@ -114,8 +114,8 @@ pub struct JobState {
     pending_calls: HashSet<u32>,
     /// Payload announced by the last `tool_wait`, copied out by `tool_take`.
     taken: Vec<u8>,
-    /// The job's code and input, until the guest takes them (`job_take`).
-    job: (Vec<u8>, Vec<u8>),
+    /// The job's code and input; `job_take` copies them into the guest.
+    pub job: (Vec<u8>, Vec<u8>),
     pub tool_calls: u32,
     pub console_bytes: u64,
     pub outcome: Option<GuestOutcome>,
@@ -230,15 +230,16 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
         MODULE,
         "job_take",
         |mut caller: Caller<'_, JobState>, code_ptr: i32, input_ptr: i32| -> wasmtime::Result<()> {
-            let (code, input) = std::mem::take(&mut caller.data_mut().job);
             let memory = caller
                 .data()
                 .memory
                 .ok_or_else(|| Breach::internal("guest memory missing"))?;
-            for (ptr, bytes) in [(code_ptr, code), (input_ptr, input)] {
-                memory
-                    .write(&mut caller, ptr as u32 as usize, &bytes)
-                    .map_err(|_| Breach::internal("guest passed a buffer outside its memory"))?;
+            let (data, state) = memory.data_and_store_mut(&mut caller);
+            for (ptr, bytes) in [(code_ptr, &state.job.0), (input_ptr, &state.job.1)] {
+                let start = ptr as u32 as usize;
+                data.get_mut(start..start.saturating_add(bytes.len()))
+                    .ok_or_else(|| Breach::internal("guest passed a buffer outside its memory"))?
+                    .copy_from_slice(bytes);
             }
             Ok(())
         },

@@ -155,15 +155,17 @@ impl Sandbox {
         events: mpsc::Sender<Event>,
         tool_results: mpsc::Receiver<ToolResult>,
     ) -> Result<FinalEvent, CallerFault> {
+        let JobSpec {
+            code,
+            input_json,
+            limits,
+        } = spec;
         let state = JobState::new(
-            spec.limits.clone(),
+            limits,
             self.memory_baseline,
             events,
             tool_results,
-            (
-                spec.code.clone().into_bytes(),
-                spec.input_json.clone().into_bytes(),
-            ),
+            (code.into_bytes(), input_json.into_bytes()),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory_cap);
@@ -176,7 +178,7 @@ impl Sandbox {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let run = self.drive(&mut store, &spec).await;
+        let run = self.drive(&mut store).await;
         let state = store.data();
         let stats = JobStats {
             duration_us: state.started.elapsed().as_micros() as u64,
@@ -185,7 +187,7 @@ impl Sandbox {
             memory_bytes: state.memory_cap.peak_bytes.max(self.memory_baseline) as u64,
         };
         let outcome = match run {
-            Ok(()) => guest_outcome(state.outcome.as_ref(), &spec),
+            Ok(()) => guest_outcome(state),
             Err(error) => {
                 if let Some(fault) = error.downcast_ref::<CallerFault>() {
                     return Err(CallerFault(fault.0.clone()));
@@ -199,7 +201,7 @@ impl Sandbox {
         })
     }
 
-    async fn drive(&self, store: &mut Store<JobState>, spec: &JobSpec) -> wasmtime::Result<()> {
+    async fn drive(&self, store: &mut Store<JobState>) -> wasmtime::Result<()> {
         let instance = self.pre.instantiate_async(&mut *store).await?;
         let memory = match instance.get_module_export(&mut *store, &self.exports.memory) {
             Some(Extern::Memory(m)) => m,
@@ -212,16 +214,15 @@ impl Sandbox {
             .and_then(Extern::into_func)
             .ok_or_else(|| wasmtime::Error::new(Breach::internal("guest export missing")))?
             .typed(&*store)?;
+        let state = store.data();
         let code_len =
-            u32::try_from(spec.code.len()).map_err(|_| Breach::internal("code too large"))?;
-        let input_len = u32::try_from(spec.input_json.len())
-            .map_err(|_| Breach::internal("input too large"))?;
+            u32::try_from(state.job.0.len()).map_err(|_| Breach::internal("code too large"))?;
+        let input_len =
+            u32::try_from(state.job.1.len()).map_err(|_| Breach::internal("input too large"))?;
+        let memory_bytes = state.limits.memory_bytes;
         let seed: u64 = rand::random();
-        run.call_async(
-            &mut *store,
-            (code_len, input_len, seed, spec.limits.memory_bytes),
-        )
-        .await
+        run.call_async(&mut *store, (code_len, input_len, seed, memory_bytes))
+            .await
     }
 }
 
@@ -331,8 +332,8 @@ impl InstanceState for Snapshotting<'_> {
 }
 
 /// The guest finished normally: its own report.
-fn guest_outcome(outcome: Option<&GuestOutcome>, spec: &JobSpec) -> final_event::Outcome {
-    match outcome {
+fn guest_outcome(state: &JobState) -> final_event::Outcome {
+    match state.outcome.as_ref() {
         Some(GuestOutcome::Result(json)) => final_event::Outcome::ResultJson(json.clone()),
         Some(GuestOutcome::Error(kind, json)) => {
             let code = match kind {
@@ -341,7 +342,7 @@ fn guest_outcome(outcome: Option<&GuestOutcome>, spec: &JobSpec) -> final_event:
                 3 => ErrorCode::MemoryLimit,
                 _ => ErrorCode::Internal,
             };
-            final_event::Outcome::Error(script_error(code, json, spec))
+            final_event::Outcome::Error(script_error(code, json, state))
         }
         None => final_event::Outcome::Error(JobError {
             code: ErrorCode::Internal as i32,
@@ -352,7 +353,7 @@ fn guest_outcome(outcome: Option<&GuestOutcome>, spec: &JobSpec) -> final_event:
 }
 
 /// Turns the guest's JSON error description into a JobError.
-fn script_error(code: ErrorCode, json: &str, spec: &JobSpec) -> JobError {
+fn script_error(code: ErrorCode, json: &str, state: &JobState) -> JobError {
     let parsed: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     let text = |k: &str| {
         parsed
@@ -368,12 +369,13 @@ fn script_error(code: ErrorCode, json: &str, spec: &JobSpec) -> JobError {
     if code == ErrorCode::MemoryLimit {
         message = format!(
             "the job exceeded its memory limit of {} bytes",
-            spec.limits.memory_bytes
+            state.limits.memory_bytes
         );
     }
     // An error at the very end of the input (a missing brace) points at the wrapper's
     // closing line, one past the script's last: report the script's last line instead.
-    let last_line = spec.code.lines().count().max(1) as u64;
+    let script = std::str::from_utf8(&state.job.0).unwrap_or_default();
+    let last_line = script.lines().count().max(1) as u64;
     let line = parsed
         .get("line")
         .and_then(|v| v.as_u64())

@@ -348,19 +348,7 @@ impl LegacySessions {
 
     /// Sweeps every `interval` for as long as the table lives.
     pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) {
-        let table = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(table) = table.upgrade() else { return };
-                let gone = table.sweep();
-                if gone > 0 {
-                    tracing::debug!(gone, live = table.len(), "swept expired legacy sessions");
-                }
-            }
-        });
+        crate::session::spawn_sweeper(self, interval, |table| (table.sweep(), table.len()));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 16], Arc<LegacySession>>> {

@@ -64,8 +64,7 @@ async fn concurrent_calls_are_in_flight_together_and_may_be_answered_out_of_orde
         transcript.events.push(event);
     }
     assert_eq!(transcript.result(), json!("abc"));
-    let mut ids: Vec<u64> = held.iter().map(|c| c.call_id).collect();
-    ids.dedup();
+    let ids: std::collections::HashSet<u64> = held.iter().map(|c| c.call_id).collect();
     assert_eq!(ids.len(), 3, "call ids are unique");
 }
 
