@@ -218,6 +218,9 @@ async fn read_requests(
                 msg: Some(Msg::Cancel(_)),
             })) => {
                 cancel.cancel();
+                // Keep `results` open until the job is over: were it dropped now, a job
+                // parked on a tool call could end as "the caller went away" first.
+                job_over.cancelled().await;
                 return;
             }
             // Half-close: the caller has nothing more to send, which is fine for a job
@@ -231,11 +234,14 @@ async fn read_requests(
             Ok(Some(RunRequest { msg: None })) => Status::invalid_argument("empty request message"),
             Err(status) if status.code() == tonic::Code::Cancelled => {
                 cancel.cancel();
+                job_over.cancelled().await;
                 return;
             }
             Err(status) => malformed(status),
         };
         let _ = faults.send(fault).await;
+        // As for a cancel: the fault, not a closed tool channel, must be what ends the job.
+        job_over.cancelled().await;
         return;
     }
 }

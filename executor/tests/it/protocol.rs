@@ -78,32 +78,38 @@ async fn a_tool_result_for_an_unknown_call_is_refused() {
 
 #[tokio::test]
 async fn a_second_job_on_one_stream_is_refused() {
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(RunRequest {
-        msg: Some(Msg::Job(job("await callTool('x', 1)"))),
-    })
-    .await
-    .unwrap();
-    tx.send(RunRequest {
-        msg: Some(Msg::Job(job("return 2"))),
-    })
-    .await
-    .unwrap();
-    let mut stream = client()
+    // Many at once: the refusal races the first job, parked on a tool call, seeing its
+    // tool channel close. The refusal must win every time.
+    let runs = (0..64).map(|_| async {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(RunRequest {
+            msg: Some(Msg::Job(job("await callTool('x', 1)"))),
+        })
         .await
-        .run(ReceiverStream::new(rx))
+        .unwrap();
+        tx.send(RunRequest {
+            msg: Some(Msg::Job(job("return 2"))),
+        })
         .await
-        .unwrap()
-        .into_inner();
-    let err = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without an error"),
-            Err(e) => break e,
+        .unwrap();
+        let mut stream = client()
+            .await
+            .run(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended without an error"),
+                Err(e) => break e,
+            }
         }
-    };
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("one job"), "{err:?}");
+    });
+    for err in futures::future::join_all(runs).await {
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("one job"), "{err:?}");
+    }
 }
 
 #[tokio::test]
