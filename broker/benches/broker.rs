@@ -5,8 +5,15 @@
 //! - sealed `return 1+1` latency (p50/p99) through the broker and one remote executor;
 //! - jobs/s with 64 concurrent clients, each on its own session;
 //! - memory per idle session.
+//!
+//! Latency and throughput are measured twice: with client, broker and executor in this
+//! one process (sharing its two worker threads), and as deployed, against the real
+//! `enclave-broker` and `enclave-executor` binaries in processes of their own.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +23,9 @@ use enclave_broker::{Broker, Config};
 use enclave_executor::server::{ExecutorService, ServerConfig};
 use enclave_executor::{Sandbox, SandboxConfig};
 use enclave_proto::v1::{
-    ExecuteRequest, ExecuteResult, HandshakeRequest, Job, RecordKind, Suite,
-    broker_client::BrokerClient, handshake_request, handshake_response,
+    ExecuteRequest, ExecuteResult, HandshakeRequest, Job, RecordKind, RunRequest, Suite,
+    broker_client::BrokerClient, executor_client::ExecutorClient, handshake_request,
+    handshake_response, run_request,
 };
 use enclave_proto::{ClientConfig, ClientHandshake, ClientSession, Fingerprint, IdentityKey};
 use prost::Message;
@@ -28,7 +36,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(bench());
+    // The client loops run on a worker thread, as in any server-side caller: run on
+    // `block_on`'s own thread, every reply would cross threads (~20 µs per wake-up here).
+    rt.block_on(async { tokio::spawn(bench()).await.unwrap() });
 }
 
 async fn bench() {
@@ -84,6 +94,55 @@ async fn bench() {
         );
     }
 
+    direct_hop(executor).await;
+    latency_and_throughput("one process", rpc, pin).await;
+
+    let deployed = Deployed::start();
+    let rpc = BrokerClient::new(
+        Channel::from_shared(format!("http://{}", deployed.broker))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    latency_and_throughput("separate processes", rpc, deployed.fingerprint).await;
+    drop(deployed);
+
+    idle_session_memory();
+}
+
+/// The remote hop alone: the executor's own gRPC stream, no broker, no sealing.
+async fn direct_hop(executor: SocketAddr) {
+    let mut client = ExecutorClient::connect(format!("http://{executor}"))
+        .await
+        .unwrap();
+    let mut samples: Vec<Duration> = Vec::new();
+    for i in 0..3300 {
+        let started = Instant::now();
+        let job = RunRequest {
+            msg: Some(run_request::Msg::Job(Job {
+                code: "return 1+1".into(),
+                ..Default::default()
+            })),
+        };
+        let mut events = client
+            .run(tokio_stream::iter([job]))
+            .await
+            .unwrap()
+            .into_inner();
+        while events.message().await.unwrap().is_some() {}
+        if i >= 300 {
+            samples.push(started.elapsed());
+        }
+    }
+    samples.sort();
+    println!(
+        "[one process] for comparison, `return 1+1` straight to the executor (gRPC, unsealed): p50 {:.0} µs",
+        samples[samples.len() / 2].as_secs_f64() * 1e6
+    );
+}
+
+async fn latency_and_throughput(setup: &str, rpc: BrokerClient<Channel>, pin: Fingerprint) {
     // Latency, one client, sequential.
     let mut client = Sealed::new(rpc.clone(), pin).await;
     for _ in 0..300 {
@@ -98,7 +157,7 @@ async fn bench() {
     samples.sort();
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
     println!(
-        "sealed `return 1+1` via broker + 1 remote executor: p50 {:.0} µs, p99 {:.0} µs ({} jobs)",
+        "[{setup}] sealed `return 1+1` via broker + 1 remote executor: p50 {:.0} µs, p99 {:.0} µs ({} jobs)",
         pct(0.5),
         pct(0.99),
         samples.len()
@@ -127,11 +186,133 @@ async fn bench() {
         total += h.await.unwrap();
     }
     println!(
-        "jobs/s with {clients} concurrent clients (own sessions) via broker + 1 remote executor: {:.0}",
+        "[{setup}] jobs/s with {clients} concurrent clients (own sessions) via broker + 1 remote executor: {:.0}",
         total as f64 / started.elapsed().as_secs_f64()
     );
+}
 
-    idle_session_memory();
+/// The real binaries, each in its own process, as `docker compose` runs them: the
+/// broker with one remote executor. Killed when dropped.
+struct Deployed {
+    children: Vec<Child>,
+    broker: SocketAddr,
+    fingerprint: Fingerprint,
+    _dir: TempDir,
+}
+
+impl Deployed {
+    fn start() -> Deployed {
+        let dir = TempDir::new();
+        let mut children = Vec::new();
+        let line = spawn_until(
+            Command::new(executor_binary()).args(["--listen", "127.0.0.1:0"]),
+            "executor serving",
+            &mut children,
+        );
+        let executor_addr = field(&line, "addr");
+        let line = spawn_until(
+            Command::new(env!("CARGO_BIN_EXE_enclave-broker"))
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
+                    "off",
+                    "--identity",
+                ])
+                .arg(dir.0.join("broker.key"))
+                .arg("--executor")
+                .arg(format!("http://{executor_addr}")),
+            "broker serving",
+            &mut children,
+        );
+        Deployed {
+            children,
+            broker: field(&line, "addr").parse().unwrap(),
+            fingerprint: field(&line, "fingerprint").parse().unwrap(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `command` and waits for a log line containing `ready`; the rest of its
+/// output is drained on a thread so the child never blocks on a full pipe.
+fn spawn_until(command: &mut Command, ready: &str, children: &mut Vec<Child>) -> String {
+    let mut child = command
+        .env("NO_COLOR", "1")
+        .env("ENCLAVE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a binary");
+    let stderr = child.stderr.take().unwrap();
+    children.push(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(&ready) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the binary started serving")
+}
+
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        .to_string()
+}
+
+/// `enclave-executor`, built for this profile in this target directory (cargo builds
+/// only this package's binaries for its benches; a no-op when up to date).
+fn executor_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/<profile>/deps/broker-<hash>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "enclave-executor",
+            "--bin",
+            "enclave-executor",
+            "--target-dir",
+        ])
+        .arg(profile_dir.parent().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "building enclave-executor failed");
+    profile_dir.join("enclave-executor")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("enclave-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn start_executor() -> SocketAddr {
