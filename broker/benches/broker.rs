@@ -10,9 +10,8 @@
 //! one process (sharing its two worker threads), and as deployed, against the real
 //! `enclave-broker` and `enclave-executor` binaries in processes of their own.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,6 +205,7 @@ impl Deployed {
         let mut children = Vec::new();
         let line = spawn_until(
             Command::new(executor_binary()).args(["--listen", "127.0.0.1:0"]),
+            &dir.0.join("executor.log"),
             "executor serving",
             &mut children,
         );
@@ -222,6 +222,7 @@ impl Deployed {
                 .arg(dir.0.join("broker.key"))
                 .arg("--executor")
                 .arg(format!("http://{executor_addr}")),
+            &dir.0.join("broker.log"),
             "broker serving",
             &mut children,
         );
@@ -243,29 +244,35 @@ impl Drop for Deployed {
     }
 }
 
-/// Starts `command` and waits for a log line containing `ready`; the rest of its
-/// output is drained on a thread so the child never blocks on a full pipe.
-fn spawn_until(command: &mut Command, ready: &str, children: &mut Vec<Child>) -> String {
-    let mut child = command
+/// Starts `command` with its log going to `log` (a file, as a deployment would keep
+/// it: a pipe read here would wake this process for every per-job line and bill that
+/// to the latency) and waits for a line containing `ready`.
+fn spawn_until(
+    command: &mut Command,
+    log: &Path,
+    ready: &str,
+    children: &mut Vec<Child>,
+) -> String {
+    let file = std::fs::File::create(log).unwrap();
+    let child = command
         .env("NO_COLOR", "1")
-        .env("ENCLAVE_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(file)
         .spawn()
         .expect("starting a binary");
-    let stderr = child.stderr.take().unwrap();
     children.push(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ready = ready.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(&ready) {
-                let _ = tx.send(line);
-            }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(ready)) {
+            return line.to_string();
         }
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("the binary started serving")
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{} did not log {ready:?} within 120 s",
+        command.get_program().display()
+    );
 }
 
 fn field(line: &str, name: &str) -> String {
