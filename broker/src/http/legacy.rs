@@ -453,12 +453,13 @@ struct EncryptedRequest {
     ciphertext: String,
 }
 
-/// The session and the decrypted script of an `/execute` or `/execute/stream` request.
-fn open_request(
+/// The session, the decrypted script and a job slot for an `/execute` or
+/// `/execute/stream` request.
+fn open_job(
     api: &LegacyApi,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Arc<LegacySession>, String), LegacyError> {
+) -> Result<(Arc<LegacySession>, String, JobSlot), LegacyError> {
     let session = api.sessions.get(headers)?;
     let body = body.map_err(rejected)?;
     let request: EncryptedRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -483,7 +484,8 @@ fn open_request(
     let code = std::str::from_utf8(&plaintext)
         .map_err(|_| LegacyError::bad_request("the decrypted script is not UTF-8"))?
         .to_owned();
-    Ok((session, code))
+    let slot = api.sessions.start_job(&session)?;
+    Ok((session, code, slot))
 }
 
 fn legacy_job(code: String) -> Job {
@@ -499,12 +501,8 @@ async fn execute(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (session, code) = match open_request(&api, &headers, body) {
+    let (session, code, _slot) = match open_job(&api, &headers, body) {
         Ok(opened) => opened,
-        Err(e) => return e.into_response(),
-    };
-    let _slot = match api.sessions.start_job(&session) {
-        Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
     let (events_tx, mut events) = mpsc::channel(64);
@@ -531,12 +529,8 @@ async fn execute_stream(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (session, code) = match open_request(&api, &headers, body) {
+    let (session, code, slot) = match open_job(&api, &headers, body) {
         Ok(opened) => opened,
-        Err(e) => return e.into_response(),
-    };
-    let slot = match api.sessions.start_job(&session) {
-        Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
     let (out, lines) = mpsc::channel::<Bytes>(STREAM_BUFFER);

@@ -30,12 +30,7 @@ pub(super) async fn handshake(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let request: HandshakeRequest = parse(body, "HandshakeRequest")?;
-    let response = api
-        .service()
-        .handshake(Request::new(request))
-        .await
-        .map_err(ApiError::from)?;
-    Ok(message(&response.into_inner()))
+    answer(api.service().handshake(Request::new(request)).await)
 }
 
 pub(super) async fn execute(
@@ -43,12 +38,7 @@ pub(super) async fn execute(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
-    let response = api
-        .service()
-        .execute(Request::new(record))
-        .await
-        .map_err(ApiError::from)?;
-    Ok(message(&response.into_inner()))
+    answer(api.service().execute(Request::new(record)).await)
 }
 
 pub(super) async fn close_session(
@@ -56,12 +46,7 @@ pub(super) async fn close_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
-    let response = api
-        .service()
-        .close_session(Request::new(record))
-        .await
-        .map_err(ApiError::from)?;
-    Ok(message(&response.into_inner()))
+    answer(api.service().close_session(Request::new(record)).await)
 }
 
 pub(super) async fn rekey(
@@ -69,12 +54,7 @@ pub(super) async fn rekey(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
-    let response = api
-        .service()
-        .rekey(Request::new(record))
-        .await
-        .map_err(ApiError::from)?;
-    Ok(message(&response.into_inner()))
+    answer(api.service().rekey(Request::new(record)).await)
 }
 
 /// `POST /v1/execute/stream`: one `SealedRecord` per line as the service produces them.
@@ -150,6 +130,11 @@ fn parse<T: DeserializeOwned>(
             "the body is not a {what} in the proto3 JSON mapping: {e}"
         ))
     })
+}
+
+/// A unary call's reply as JSON, or its status as the matching HTTP error.
+fn answer<T: Serialize>(reply: Result<tonic::Response<T>, Status>) -> Answer {
+    Ok(message(&reply.map_err(ApiError::from)?.into_inner()))
 }
 
 fn message<T: Serialize>(message: &T) -> Response {
