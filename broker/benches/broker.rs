@@ -9,6 +9,10 @@
 //! Latency and throughput are measured twice: with client, broker and executor in this
 //! one process (sharing its two worker threads), and as deployed, against the real
 //! `enclave-broker` and `enclave-executor` binaries in processes of their own.
+//!
+//! `cargo bench -p enclave-broker -- NAME` runs only the parts whose name contains NAME
+//! (`handshakes`, `direct`, `one-process`, `deployed`, `memory`), e.g. to profile one;
+//! `BENCH_JOBS=N` sets how many sequential jobs the latency figures take (3,000).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,15 @@ fn main() {
     rt.block_on(async { tokio::spawn(bench()).await.unwrap() });
 }
 
+/// Whether the part called `name` was asked for (all of them without a filter).
+fn wanted(name: &str) -> bool {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()))
+}
+
 async fn bench() {
     let executor = start_executor().await;
     let identity = Arc::new(IdentityKey::generate().unwrap());
@@ -60,17 +73,13 @@ async fn bench() {
         service,
         std::future::pending(),
     ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let rpc = BrokerClient::new(channel);
+    let rpc = connect(addr).await;
 
-    for (name, suite) in [
+    let suites = [
         ("X25519", Suite::X25519Ed25519Aes256gcmSha256),
         ("P-256", Suite::P256Ed25519Aes256gcmSha256),
-    ] {
+    ];
+    for (name, suite) in suites.into_iter().filter(|_| wanted("handshakes")) {
         let per_task = 500;
         let tasks = 8;
         let started = Instant::now();
@@ -93,21 +102,35 @@ async fn bench() {
         );
     }
 
-    direct_hop(executor).await;
-    latency_and_throughput("one process", rpc, pin).await;
+    if wanted("direct") {
+        direct_hop(executor).await;
+    }
+    if wanted("one-process") {
+        let this = vec![("this process", std::process::id())];
+        latency_and_throughput("one process", addr, pin, &this).await;
+    }
+    if wanted("deployed") {
+        deployed().await;
+    }
+    if wanted("memory") {
+        idle_session_memory();
+    }
+}
 
+async fn deployed() {
     let deployed = Deployed::start();
-    let rpc = BrokerClient::new(
-        Channel::from_shared(format!("http://{}", deployed.broker))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    latency_and_throughput("separate processes", rpc, deployed.fingerprint).await;
-    drop(deployed);
-
-    idle_session_memory();
+    let processes = vec![
+        ("client", std::process::id()),
+        ("broker", deployed.children[1].id()),
+        ("executor", deployed.children[0].id()),
+    ];
+    latency_and_throughput(
+        "separate processes",
+        deployed.broker,
+        deployed.fingerprint,
+        &processes,
+    )
+    .await;
 }
 
 /// The remote hop alone: the executor's own gRPC stream, no broker, no sealing.
@@ -141,26 +164,40 @@ async fn direct_hop(executor: SocketAddr) {
     );
 }
 
-async fn latency_and_throughput(setup: &str, rpc: BrokerClient<Channel>, pin: Fingerprint) {
-    // Latency, one client, sequential.
-    let mut client = Sealed::new(rpc.clone(), pin).await;
-    for _ in 0..300 {
-        client.execute("return 1+1").await;
-    }
-    let mut samples: Vec<Duration> = Vec::new();
-    for _ in 0..3000 {
-        let t = Instant::now();
-        client.execute("return 1+1").await;
-        samples.push(t.elapsed());
-    }
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
-    println!(
-        "[{setup}] sealed `return 1+1` via broker + 1 remote executor: p50 {:.0} µs, p99 {:.0} µs ({} jobs)",
-        pct(0.5),
-        pct(0.99),
-        samples.len()
-    );
+async fn latency_and_throughput(
+    setup: &str,
+    broker: SocketAddr,
+    pin: Fingerprint,
+    processes: &[(&str, u32)],
+) {
+    // Latency, one client, sequential: first as a task of this multi-thread runtime, then
+    // as the only task of a current-thread runtime. The difference is the client's own
+    // cost of waking a second worker thread for every reply (~20 µs per wake-up here).
+    let rpc = connect(broker).await;
+    sequential_latency(
+        &format!("{setup}, client on 2 worker threads"),
+        rpc.clone(),
+        pin,
+        processes,
+    )
+    .await;
+    let label = format!("{setup}, client on 1 thread");
+    let processes: Vec<(String, u32)> =
+        processes.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+    // Its own thread, awaited without blocking this worker (a blocked worker can strand
+    // the tasks queued on it, the servers' among them).
+    tokio::task::spawn_blocking(move || {
+        let processes: Vec<(&str, u32)> = processes.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                sequential_latency(&label, connect(broker).await, pin, &processes).await
+            })
+    })
+    .await
+    .unwrap();
 
     // Throughput, 64 concurrent clients.
     let clients = 64;
@@ -188,6 +225,61 @@ async fn latency_and_throughput(setup: &str, rpc: BrokerClient<Channel>, pin: Fi
         "[{setup}] jobs/s with {clients} concurrent clients (own sessions) via broker + 1 remote executor: {:.0}",
         total as f64 / started.elapsed().as_secs_f64()
     );
+}
+
+/// Sealed `return 1+1` jobs one after the other: p50/p99, and the CPU time each of
+/// `processes` spent per job.
+async fn sequential_latency(
+    label: &str,
+    rpc: BrokerClient<Channel>,
+    pin: Fingerprint,
+    processes: &[(&str, u32)],
+) {
+    let mut client = Sealed::new(rpc, pin).await;
+    for _ in 0..300 {
+        client.execute("return 1+1").await;
+    }
+    let mut samples: Vec<Duration> = Vec::new();
+    let cpu_before: Vec<Duration> = processes.iter().map(|(_, pid)| cpu_time(*pid)).collect();
+    // BENCH_JOBS lengthens the run, e.g. to attach a profiler.
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000);
+    for _ in 0..jobs {
+        let t = Instant::now();
+        client.execute("return 1+1").await;
+        samples.push(t.elapsed());
+    }
+    let cpu: Vec<String> = processes
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| {
+            let per_job = (cpu_time(*pid) - before).as_secs_f64() * 1e6 / samples.len() as f64;
+            format!("{name} {per_job:.0} µs")
+        })
+        .collect();
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+    println!(
+        "[{label}] sealed `return 1+1` via broker + 1 remote executor: p50 {:.0} µs, p99 {:.0} µs ({} jobs)",
+        pct(0.5),
+        pct(0.99),
+        samples.len()
+    );
+    // Latency well above the CPU time spent means the job waits: on wake-ups between
+    // threads and processes, not on work.
+    println!("    CPU time per job: {}", cpu.join(", "));
+}
+
+async fn connect(addr: SocketAddr) -> BrokerClient<Channel> {
+    BrokerClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
 }
 
 /// The real binaries, each in its own process, as `docker compose` runs them: the
@@ -391,6 +483,22 @@ impl Sealed {
             .unwrap();
         ExecuteResult::decode(plain.as_slice()).unwrap()
     }
+}
+
+/// CPU time all threads of `pid` have had so far (scheduler accounting, ns precision).
+fn cpu_time(pid: u32) -> Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
 }
 
 fn rss_bytes() -> u64 {

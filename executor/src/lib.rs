@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`sandbox`]: the engine, the Wizer snapshot of the QuickJS guest, running a job.
+//! - `epoch`: the clock thread behind time limits, asleep while no job runs.
 //! - [`host`]: per-job state and the `enclave` imports, where limits are enforced.
 //! - [`wasi`]: the handful of WASI functions the guest's libc needs, stubbed.
 //! - [`limits`]: security-level presets, overrides, ceilings.
@@ -10,6 +11,7 @@
 //! Executors hold no secrets and make no outbound connections: a script reaches the
 //! world only through tool calls, which travel back to the broker on the job's stream.
 
+mod epoch;
 pub mod host;
 pub mod limits;
 pub mod sandbox;

@@ -7,7 +7,8 @@
 //! copy-on-write from the module image, so a job pays neither engine start-up nor a
 //! copy of the heap, and nothing one job does is visible to the next.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use enclave_proto::v1::{
     ErrorCode, FinalEvent, JobError, JobStats, ToolResult, final_event, run_event::Event,
@@ -19,16 +20,13 @@ use wasmtime::{
 };
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
+use crate::epoch::EpochTicker;
 use crate::host::{self, Breach, CallerFault, GuestOutcome, JobState};
 use crate::limits::{LimitError, Limits};
 use crate::wasi;
 
 /// The guest module as built by build.rs (QuickJS compiled to wasm32-wasip1).
 pub const GUEST_WASM: &[u8] = include_bytes!(env!("ENCLAVE_GUEST_WASM"));
-
-/// How often the epoch advances. Timeouts are checked, and running jobs yield to other
-/// tasks, at this granularity.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Room in a pooled memory slot beyond the largest job heap, for the engine's own
 /// baseline (static data, shadow stack, the snapshot's heap).
@@ -93,6 +91,13 @@ pub struct Sandbox {
     /// Linear memory the snapshot starts with; a job's heap limit comes on top.
     memory_baseline: usize,
     config: SandboxConfig,
+    ticker: Arc<EpochTicker>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
 }
 
 impl Sandbox {
@@ -127,18 +132,25 @@ impl Sandbox {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
-        spawn_epoch_ticker(&engine);
+        let ticker = EpochTicker::spawn(&engine);
         Ok(Sandbox {
             engine,
             pre,
             exports,
             memory_baseline,
             config,
+            ticker,
         })
     }
 
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// Whether the epoch thread sleeps because no job has run for a while (see
+    /// [`crate::epoch`]); for tests and diagnostics.
+    pub fn epoch_ticker_asleep(&self) -> bool {
+        self.ticker.is_asleep()
     }
 
     /// The limits a job gets: its level's preset, its overrides, within our ceilings.
@@ -167,6 +179,9 @@ impl Sandbox {
             tool_results,
             (code.into_bytes(), input_json.into_bytes()),
         );
+        // Before any guest code runs: the epoch must advance while this job runs, or it
+        // would have no time limit.
+        let _running = self.ticker.job_running();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory_cap);
         store.set_epoch_deadline(1);
@@ -249,21 +264,6 @@ fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
         .async_stack_size(config.max_wasm_stack + (1 << 20))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c)
-}
-
-/// Advances the engine's epoch until the engine is gone.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("enclave-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch thread");
 }
 
 /// Runs the guest's initialisation and snapshots the initialised instance.

@@ -1,0 +1,119 @@
+//! The thread that advances the engine's epoch: the clock behind every job's time
+//! limit and behind running jobs taking turns on a worker thread.
+//!
+//! It ticks every millisecond while jobs run, and sleeps once no job has run for a
+//! while, so that an idle executor (or an idle broker with its embedded one) does not
+//! wake a core a thousand times a second. A job that starts wakes it before the job
+//! runs any guest code; a ticker that slept through a running job would leave that job
+//! without a time limit, which `tests/it/limits.rs` checks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use wasmtime::{Engine, EngineWeak};
+
+/// How often the epoch advances. Timeouts are checked, and running jobs yield to other
+/// tasks, at this granularity.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Ticks with no job running before the ticker sleeps. Long enough that steady traffic,
+/// even one job every few milliseconds, never pays for waking it.
+const IDLE_TICKS_BEFORE_SLEEP: u32 = 100;
+
+pub(crate) struct EpochTicker {
+    /// Jobs between [`EpochTicker::job_running`] and the drop of its guard.
+    running: AtomicUsize,
+    /// Guards the hand-off with `wake`.
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    asleep: bool,
+    /// Set by [`EpochTicker::stop`]: the thread ends.
+    stopped: bool,
+}
+
+impl EpochTicker {
+    /// Starts the ticker thread for `engine`; it ends with [`EpochTicker::stop`] or when
+    /// the engine is dropped.
+    pub(crate) fn spawn(engine: &Engine) -> Arc<EpochTicker> {
+        let ticker = Arc::new(EpochTicker {
+            running: AtomicUsize::new(0),
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
+        let weak = engine.weak();
+        let thread_ticker = ticker.clone();
+        std::thread::Builder::new()
+            .name("enclave-epoch".into())
+            .spawn(move || thread_ticker.run(weak))
+            .expect("spawning the epoch thread");
+        ticker
+    }
+
+    /// Marks a job as running until the guard is dropped, waking the ticker first if
+    /// it sleeps. Take it before the job's instance runs any guest code.
+    pub(crate) fn job_running(self: &Arc<Self>) -> RunningJob {
+        if self.running.fetch_add(1, Ordering::SeqCst) == 0 && self.state().asleep {
+            self.wake.notify_one();
+        }
+        RunningJob(self.clone())
+    }
+
+    /// Whether the ticker is asleep (no job has run for a while).
+    pub(crate) fn is_asleep(&self) -> bool {
+        self.state().asleep
+    }
+
+    /// Ends the ticker thread, asleep or not.
+    pub(crate) fn stop(&self) {
+        self.state().stopped = true;
+        self.wake.notify_one();
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self, engine: EngineWeak) {
+        let mut idle_ticks = 0;
+        loop {
+            let Some(strong) = engine.upgrade().filter(|_| !self.state().stopped) else {
+                return;
+            };
+            strong.increment_epoch();
+            drop(strong);
+            std::thread::sleep(TICK);
+            if self.running.load(Ordering::SeqCst) > 0 {
+                idle_ticks = 0;
+                continue;
+            }
+            idle_ticks += 1;
+            if idle_ticks < IDLE_TICKS_BEFORE_SLEEP {
+                continue;
+            }
+            idle_ticks = 0;
+            // Checked under the lock that `job_running` takes after counting its job:
+            // either the job's count is seen here, or the job sees `asleep` and wakes us.
+            // No timeout: a job or `stop` wakes it, nothing else needs to.
+            let mut state = self.state();
+            state.asleep = true;
+            while self.running.load(Ordering::SeqCst) == 0 && !state.stopped {
+                state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            state.asleep = false;
+        }
+    }
+}
+
+/// A running job, as far as the ticker is concerned.
+pub(crate) struct RunningJob(Arc<EpochTicker>);
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
