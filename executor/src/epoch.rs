@@ -7,8 +7,8 @@
 //! runs any guest code; a ticker that slept through a running job would leave that job
 //! without a time limit, which `tests/it/limits.rs` checks.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use wasmtime::{Engine, EngineWeak};
@@ -24,16 +24,16 @@ const IDLE_TICKS_BEFORE_SLEEP: u32 = 100;
 pub(crate) struct EpochTicker {
     /// Jobs between [`EpochTicker::job_running`] and the drop of its guard.
     running: AtomicUsize,
-    /// Guards the hand-off with `wake`.
-    state: Mutex<State>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    asleep: bool,
+    /// Set by the ticker before it checks `running` one last time and sleeps; a job
+    /// counts itself in `running` before it reads this (both sequentially consistent),
+    /// so one of the two always sees the other.
+    asleep: AtomicBool,
     /// Set by [`EpochTicker::stop`]: the thread ends.
-    stopped: bool,
+    stopped: AtomicBool,
+    /// Held while the ticker checks and waits, and while it is woken, so that a wake-up
+    /// cannot fall between the two.
+    lock: Mutex<()>,
+    wake: Condvar,
 }
 
 impl EpochTicker {
@@ -42,7 +42,9 @@ impl EpochTicker {
     pub(crate) fn spawn(engine: &Engine) -> Arc<EpochTicker> {
         let ticker = Arc::new(EpochTicker {
             running: AtomicUsize::new(0),
-            state: Mutex::new(State::default()),
+            asleep: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            lock: Mutex::new(()),
             wake: Condvar::new(),
         });
         let weak = engine.weak();
@@ -57,31 +59,35 @@ impl EpochTicker {
     /// Marks a job as running until the guard is dropped, waking the ticker first if
     /// it sleeps. Take it before the job's instance runs any guest code.
     pub(crate) fn job_running(self: &Arc<Self>) -> RunningJob {
-        if self.running.fetch_add(1, Ordering::SeqCst) == 0 && self.state().asleep {
-            self.wake.notify_one();
+        if self.running.fetch_add(1, Ordering::SeqCst) == 0 && self.asleep.load(Ordering::SeqCst) {
+            self.wake_up();
         }
         RunningJob(self.clone())
     }
 
     /// Whether the ticker is asleep (no job has run for a while).
     pub(crate) fn is_asleep(&self) -> bool {
-        self.state().asleep
+        self.asleep.load(Ordering::SeqCst)
     }
 
     /// Ends the ticker thread, asleep or not.
     pub(crate) fn stop(&self) {
-        self.state().stopped = true;
-        self.wake.notify_one();
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake_up();
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn wake_up(&self) {
+        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_one();
     }
 
     fn run(&self, engine: EngineWeak) {
         let mut idle_ticks = 0;
         loop {
-            let Some(strong) = engine.upgrade().filter(|_| !self.state().stopped) else {
+            let Some(strong) = engine
+                .upgrade()
+                .filter(|_| !self.stopped.load(Ordering::SeqCst))
+            else {
                 return;
             };
             strong.increment_epoch();
@@ -96,15 +102,13 @@ impl EpochTicker {
                 continue;
             }
             idle_ticks = 0;
-            // Checked under the lock that `job_running` takes after counting its job:
-            // either the job's count is seen here, or the job sees `asleep` and wakes us.
             // No timeout: a job or `stop` wakes it, nothing else needs to.
-            let mut state = self.state();
-            state.asleep = true;
-            while self.running.load(Ordering::SeqCst) == 0 && !state.stopped {
-                state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.asleep.store(true, Ordering::SeqCst);
+            while self.running.load(Ordering::SeqCst) == 0 && !self.stopped.load(Ordering::SeqCst) {
+                held = self.wake.wait(held).unwrap_or_else(|p| p.into_inner());
             }
-            state.asleep = false;
+            self.asleep.store(false, Ordering::SeqCst);
         }
     }
 }
