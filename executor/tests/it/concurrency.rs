@@ -6,7 +6,6 @@ use std::time::Duration;
 use enclave_proto::v1::{RunRequest, run_event::Event, run_request::Msg};
 use serde_json::json;
 use tokio::sync::{Barrier, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::support::*;
 
@@ -23,7 +22,7 @@ async fn two_hundred_concurrent_jobs() {
             let code = format!("console.log('job {i}'); const r = await callTool('echo', {{i: {i}}}); return r.i * 2");
             let (tx, rx) = mpsc::channel(4);
             tx.send(RunRequest { msg: Some(Msg::Job(job(&code))) }).await.unwrap();
-            let mut stream = client_for(addr).await.run(ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let mut stream = open_run(addr, rx).await;
             let mut transcript = Transcript::default();
             while let Some(event) = stream.message().await.unwrap() {
                 if let Some(Event::ToolCall(call)) = &event.event {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use enclave_proto::v1::{ErrorCode, RunRequest, SecurityLevel, run_event::Event, run_request::Msg};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -128,12 +127,7 @@ async fn sigterm_drains_running_jobs_and_refuses_new_ones() {
     })
     .await
     .unwrap();
-    let mut stream = client_for(exec.addr)
-        .await
-        .run(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_run(exec.addr, rx).await;
     let call = match stream.message().await.unwrap().unwrap().event {
         Some(Event::ToolCall(call)) => call,
         other => panic!("{other:?}"),
@@ -191,12 +185,7 @@ async fn jobs_still_running_after_the_grace_period_are_cancelled() {
     })
     .await
     .unwrap();
-    let mut stream = client_for(exec.addr)
-        .await
-        .run(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_run(exec.addr, rx).await;
     stream.message().await.unwrap().unwrap();
     let started = Instant::now();
     exec.terminate();

@@ -92,12 +92,7 @@ async fn a_second_job_on_one_stream_is_refused() {
         })
         .await
         .unwrap();
-        let mut stream = client()
-            .await
-            .run(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open_run(server(), rx).await;
         loop {
             match stream.message().await {
                 Ok(Some(_)) => continue,
@@ -150,12 +145,7 @@ async fn cancel_ends_the_job_with_cancelled() {
     })
     .await
     .unwrap();
-    let mut stream = client()
-        .await
-        .run(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_run(server(), rx).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     tx.send(RunRequest {
@@ -215,12 +205,7 @@ async fn spinning_job(
     })
     .await
     .unwrap();
-    let mut stream = client_for(addr)
-        .await
-        .run(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_run(addr, rx).await;
     // Wait until it is really running.
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.event, Some(Event::Console(_))));

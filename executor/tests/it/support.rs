@@ -55,6 +55,20 @@ pub async fn client() -> ExecutorClient<Channel> {
     client_for(server()).await
 }
 
+/// Opens a job stream to the executor at `addr`, sending what `requests` carries; the
+/// stream must be accepted.
+pub async fn open_run(
+    addr: SocketAddr,
+    requests: mpsc::Receiver<RunRequest>,
+) -> tonic::Streaming<RunEvent> {
+    client_for(addr)
+        .await
+        .run(ReceiverStream::new(requests))
+        .await
+        .expect("the executor accepts the stream")
+        .into_inner()
+}
+
 pub fn job(code: &str) -> Job {
     Job {
         code: code.into(),

@@ -6,7 +6,6 @@ use enclave_proto::v1::{
 };
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::support::*;
 
@@ -40,12 +39,7 @@ async fn concurrent_calls_are_in_flight_together_and_may_be_answered_out_of_orde
     })
     .await
     .unwrap();
-    let mut stream = client()
-        .await
-        .run(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_run(server(), rx).await;
     let mut transcript = Transcript::default();
     let mut held: Vec<ToolCall> = Vec::new();
     while let Some(event) = stream.message().await.unwrap() {
