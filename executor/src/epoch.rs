@@ -17,13 +17,16 @@ use wasmtime::{Engine, EngineWeak};
 /// tasks, at this granularity.
 const TICK: Duration = Duration::from_millis(1);
 
-/// Ticks with no job running before the ticker sleeps. Long enough that steady traffic,
-/// even one job every few milliseconds, never pays for waking it.
+/// Ticks with no job running or started before the ticker sleeps. Traffic of ten jobs a
+/// second or more never pays for waking it; slower traffic pays one wake-up per job.
 const IDLE_TICKS_BEFORE_SLEEP: u32 = 100;
 
 pub(crate) struct EpochTicker {
     /// Jobs between [`EpochTicker::job_running`] and the drop of its guard.
     running: AtomicUsize,
+    /// Set by every job that starts, cleared by every tick: a job that started and
+    /// ended between two ticks still counts as activity.
+    started: AtomicBool,
     /// Set by the ticker before it checks `running` one last time and sleeps; a job
     /// counts itself in `running` before it reads this (both sequentially consistent),
     /// so one of the two always sees the other.
@@ -42,6 +45,7 @@ impl EpochTicker {
     pub(crate) fn spawn(engine: &Engine) -> Arc<EpochTicker> {
         let ticker = Arc::new(EpochTicker {
             running: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
             asleep: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             lock: Mutex::new(()),
@@ -59,6 +63,7 @@ impl EpochTicker {
     /// Marks a job as running until the guard is dropped, waking the ticker first if
     /// it sleeps. Take it before the job's instance runs any guest code.
     pub(crate) fn job_running(self: &Arc<Self>) -> RunningJob {
+        self.started.store(true, Ordering::Relaxed);
         if self.running.fetch_add(1, Ordering::SeqCst) == 0 && self.asleep.load(Ordering::SeqCst) {
             self.wake_up();
         }
@@ -93,7 +98,8 @@ impl EpochTicker {
             strong.increment_epoch();
             drop(strong);
             std::thread::sleep(TICK);
-            if self.running.load(Ordering::SeqCst) > 0 {
+            let started = self.started.swap(false, Ordering::Relaxed);
+            if started || self.running.load(Ordering::SeqCst) > 0 {
                 idle_ticks = 0;
                 continue;
             }
