@@ -5,7 +5,7 @@
 //! while, so that an idle executor (or an idle broker with its embedded one) does not
 //! wake a core a thousand times a second. A job that starts wakes it before the job
 //! runs any guest code; a ticker that slept through a running job would leave that job
-//! without a time limit, which `tests/it/limits.rs` checks.
+//! without a time limit, which `tests/epoch.rs` checks.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
