@@ -54,6 +54,22 @@ fn wanted(name: &str) -> bool {
 }
 
 async fn bench() {
+    if ["handshakes", "direct", "one-process"]
+        .into_iter()
+        .any(wanted)
+    {
+        in_process().await;
+    }
+    if wanted("deployed") {
+        deployed().await;
+    }
+    if wanted("memory") {
+        idle_session_memory();
+    }
+}
+
+/// Client, broker and executor in this process; they stay up (idle) until it exits.
+async fn in_process() {
     let executor = start_executor().await;
     let identity = Arc::new(IdentityKey::generate().unwrap());
     let pin = identity.fingerprint();
@@ -109,12 +125,6 @@ async fn bench() {
         let this = vec![("this process", std::process::id())];
         latency_and_throughput("one process", addr, pin, &this).await;
     }
-    if wanted("deployed") {
-        deployed().await;
-    }
-    if wanted("memory") {
-        idle_session_memory();
-    }
 }
 
 async fn deployed() {
@@ -168,7 +178,7 @@ async fn latency_and_throughput(
     setup: &str,
     broker: SocketAddr,
     pin: Fingerprint,
-    processes: &[(&str, u32)],
+    processes: &[(&'static str, u32)],
 ) {
     // Latency, one client, sequential: first as a task of this multi-thread runtime, then
     // as the only task of a current-thread runtime. The difference is the client's own
@@ -182,12 +192,10 @@ async fn latency_and_throughput(
     )
     .await;
     let label = format!("{setup}, client on 1 thread");
-    let processes: Vec<(String, u32)> =
-        processes.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+    let processes = processes.to_vec();
     // Its own thread, awaited without blocking this worker (a blocked worker can strand
     // the tasks queued on it, the servers' among them).
     tokio::task::spawn_blocking(move || {
-        let processes: Vec<(&str, u32)> = processes.iter().map(|(n, p)| (n.as_str(), *p)).collect();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
