@@ -128,19 +128,20 @@ async fn in_process() {
 }
 
 async fn deployed() {
-    let deployed = Deployed::start();
-    let processes = vec![
-        ("client", std::process::id()),
-        ("broker", deployed.children[1].id()),
-        ("executor", deployed.children[0].id()),
-    ];
-    latency_and_throughput(
-        "separate processes",
-        deployed.broker,
-        deployed.fingerprint,
-        &processes,
-    )
-    .await;
+    // Default runtimes (a worker per core in each server), then one worker each: on a
+    // small machine the wake-ups between sibling workers cost more than the job.
+    for (setup, worker_threads) in [
+        ("separate processes", None),
+        ("separate processes, --worker-threads 1", Some(1)),
+    ] {
+        let deployed = Deployed::start(worker_threads);
+        let processes = vec![
+            ("client", std::process::id()),
+            ("broker", deployed.children[1].id()),
+            ("executor", deployed.children[0].id()),
+        ];
+        latency_and_throughput(setup, deployed.broker, deployed.fingerprint, &processes).await;
+    }
 }
 
 /// The remote hop alone: the executor's own gRPC stream, no broker, no sealing.
@@ -300,18 +301,26 @@ struct Deployed {
 }
 
 impl Deployed {
-    fn start() -> Deployed {
+    fn start(worker_threads: Option<usize>) -> Deployed {
         let dir = TempDir::new();
         let mut children = Vec::new();
+        let workers = |command: &mut Command| {
+            if let Some(n) = worker_threads {
+                command.env("ENCLAVE_WORKER_THREADS", n.to_string());
+            }
+        };
+        let mut executor = Command::new(executor_binary());
+        workers(executor.args(["--listen", "127.0.0.1:0"]));
         let line = spawn_until(
-            Command::new(executor_binary()).args(["--listen", "127.0.0.1:0"]),
+            &mut executor,
             &dir.0.join("executor.log"),
             "executor serving",
             &mut children,
         );
         let executor_addr = field(&line, "addr");
-        let line = spawn_until(
-            Command::new(env!("CARGO_BIN_EXE_enclave-broker"))
+        let mut broker = Command::new(env!("CARGO_BIN_EXE_enclave-broker"));
+        workers(
+            broker
                 .args([
                     "--listen",
                     "127.0.0.1:0",
@@ -322,6 +331,9 @@ impl Deployed {
                 .arg(dir.0.join("broker.key"))
                 .arg("--executor")
                 .arg(format!("http://{executor_addr}")),
+        );
+        let line = spawn_until(
+            &mut broker,
             &dir.0.join("broker.log"),
             "broker serving",
             &mut children,

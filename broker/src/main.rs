@@ -3,6 +3,7 @@
 //! starts a working system. Every flag also reads an `ENCLAVE_*` environment variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,10 +96,21 @@ struct ServeArgs {
     /// Jobs in flight per session; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "ENCLAVE_MAX_JOBS_PER_SESSION", default_value_t = enclave_broker::session::DEFAULT_MAX_JOBS_PER_SESSION)]
     max_jobs_per_session: u32,
+    /// Threads that serve requests and run embedded jobs [default: one per core]. 1
+    /// avoids wake-ups between sibling threads: lower latency on small machines, where
+    /// the broker shares the cores with its executors.
+    #[arg(long, env = "ENCLAVE_WORKER_THREADS")]
+    worker_threads: Option<NonZeroUsize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    enclave_executor::runtime::build(cli.serve.worker_threads)
+        .context("starting the tokio runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ENCLAVE_LOG")
@@ -106,7 +118,6 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Some(Command::Keygen { path }) => {
             let key = enclave_proto::keys::keygen(&path)

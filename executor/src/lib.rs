@@ -7,6 +7,7 @@
 //! - [`wasi`]: the handful of WASI functions the guest's libc needs, stubbed.
 //! - [`limits`]: security-level presets, overrides, ceilings.
 //! - [`server`]: the `enclave.v1.Executor` gRPC service, health, reflection, draining.
+//! - [`runtime`]: the tokio runtime of the server binaries (`--worker-threads`).
 //!
 //! Executors hold no secrets and make no outbound connections: a script reaches the
 //! world only through tool calls, which travel back to the broker on the job's stream.
@@ -14,6 +15,7 @@
 mod epoch;
 pub mod host;
 pub mod limits;
+pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod wasi;

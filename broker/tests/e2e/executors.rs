@@ -39,9 +39,14 @@ fn free_port() -> u16 {
 }
 
 async fn start_executor() -> (Executor, u16) {
+    start_executor_with(&[]).await
+}
+
+async fn start_executor_with(args: &[&str]) -> (Executor, u16) {
     let port = free_port();
     let child = Command::new(executor_binary())
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -88,24 +93,99 @@ async fn a_job_whose_executor_dies_ends_with_executor_lost() {
         .into_inner();
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(
+        error_code(&mut raw, request_seq, &reply),
+        ErrorCode::ExecutorLost
+    );
+}
+
+/// The error code of a sealed Execute reply that must be an error, in or out of band.
+fn error_code(
+    raw: &mut Raw,
+    request_seq: u64,
+    reply: &enclave_proto::v1::SealedRecord,
+) -> ErrorCode {
     let plain = raw
         .session
         .channel()
         .open_reply(
             request_seq,
             enclave_proto::v1::RecordKind::ExecuteResult,
-            &reply,
+            reply,
         )
         .expect("opens");
     let result: enclave_proto::v1::ExecuteResult =
         prost::Message::decode(plain.as_slice()).unwrap();
-    let code = match result.outcome {
+    match result.outcome {
         Some(execute_result::Outcome::Error(e)) => e.code(),
         Some(execute_result::Outcome::Final(f)) => match f.outcome {
             Some(final_event::Outcome::Error(e)) => e.code(),
             other => panic!("{other:?}"),
         },
         None => panic!("empty result"),
+    }
+}
+
+/// On one worker thread (`--worker-threads 1`, a current-thread runtime) a script that
+/// never yields by itself must still be stopped at its time limit, and must not hold
+/// up another session's job meanwhile: the sandbox yields to the runtime at every epoch.
+async fn one_worker_thread_still_interleaves_and_times_out(broker: &Broker) {
+    let mut busy = Raw::connect(broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    let mut other = Raw::connect(broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    let limits = enclave_proto::v1::Limits {
+        timeout_ms: Some(2_000),
+        ..Default::default()
     };
-    assert_eq!(code, ErrorCode::ExecutorLost);
+    let record = busy.seal(
+        enclave_proto::v1::RecordKind::ExecuteRequest,
+        enclave_proto::v1::Job {
+            limits: Some(limits),
+            ..job("while (true) {}")
+        },
+    );
+    let request_seq = record.seq;
+    let started = Instant::now();
+    let spinning = {
+        let mut rpc = busy.rpc.clone();
+        tokio::spawn(async move { rpc.execute(record).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        value(&other.execute("return 6 * 7").await.unwrap()),
+        json!(42)
+    );
+    let interleaved = started.elapsed();
+    assert!(
+        interleaved < Duration::from_millis(1_500),
+        "the second job waited for the busy one: {interleaved:?}"
+    );
+    let reply = spinning
+        .await
+        .unwrap()
+        .expect("answered, sealed")
+        .into_inner();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the busy job took {took:?}");
+    assert_eq!(
+        error_code(&mut busy, request_seq, &reply),
+        ErrorCode::Timeout
+    );
+}
+
+#[tokio::test]
+async fn one_worker_thread_embedded() {
+    let broker = Broker::start(&["--worker-threads", "1"]);
+    one_worker_thread_still_interleaves_and_times_out(&broker).await;
+}
+
+#[tokio::test]
+async fn one_worker_thread_broker_and_executor() {
+    let (_executor, port) = start_executor_with(&["--worker-threads", "1"]).await;
+    let broker = Broker::start(&[
+        "--worker-threads",
+        "1",
+        "--executor",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    one_worker_thread_still_interleaves_and_times_out(&broker).await;
 }
