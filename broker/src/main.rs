@@ -111,13 +111,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENCLAVE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    enclave_executor::runtime::init_logging();
     match cli.command {
         Some(Command::Keygen { path }) => {
             let key = enclave_proto::keys::keygen(&path)
@@ -186,6 +180,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_auth = handshake.client_auth_required(),
         legacy_api = http_addr.is_some() && args.legacy_api,
         tls = tls.is_some(),
+        // What the runtime really has, not what was asked: tests check `--worker-threads`.
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "broker serving"
     );
     let service = BrokerService::new(Arc::new(broker), sessions, handshake);

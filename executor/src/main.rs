@@ -61,13 +61,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENCLAVE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    enclave_executor::runtime::init_logging();
     let started = Instant::now();
     let tls =
         enclave_executor::server::tls_config(args.tls_cert.as_deref(), args.tls_key.as_deref())
@@ -90,6 +84,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         tls = tls.is_some(),
         startup_ms = started.elapsed().as_millis() as u64,
+        // What the runtime really has, not what was asked: tests check `--worker-threads`.
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "executor serving"
     );
     let service = ExecutorService::new(

@@ -1,5 +1,6 @@
 //! The broker with remote executors: a job whose executor dies ends promptly.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,12 +22,17 @@ fn executor_binary() -> std::path::PathBuf {
     path
 }
 
-struct Executor(Child);
+/// An executor child process, killed when dropped.
+struct Executor {
+    child: Child,
+    /// Its "executor serving" log line.
+    serving: String,
+}
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -44,30 +50,46 @@ async fn start_executor() -> (Executor, u16) {
 
 async fn start_executor_with(args: &[&str]) -> (Executor, u16) {
     let port = free_port();
-    let child = Command::new(executor_binary())
+    let mut child = Command::new(executor_binary())
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(args)
-        .stderr(Stdio::null())
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+    // Read to the end, so that the executor never blocks on a full pipe.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("executor serving") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let serving = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
         .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "executor did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (Executor(child), port)
+        .unwrap()
+        .expect("executor did not start");
+    (Executor { child, serving }, port)
 }
 
 #[tokio::test]
 async fn a_job_whose_executor_dies_ends_with_executor_lost() {
     let (mut executor, port) = start_executor().await;
     let broker = Broker::start(&["--executor", &format!("http://127.0.0.1:{port}")]);
+    // Without `--worker-threads`, a worker per core (what the flag's tests differ from).
+    let per_core = format!(
+        "worker_threads={}",
+        std::thread::available_parallelism().unwrap()
+    );
+    let serving = broker.serving_line();
+    assert!(has_field(&serving, &per_core), "{serving}");
+    assert!(
+        has_field(&executor.serving, &per_core),
+        "{}",
+        executor.serving
+    );
     let mut raw = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
     assert_eq!(
         value(&raw.execute("return 'remote'").await.unwrap()),
@@ -85,7 +107,7 @@ async fn a_job_whose_executor_dies_ends_with_executor_lost() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
-    executor.0.kill().unwrap();
+    executor.child.kill().unwrap();
     let reply = pending
         .await
         .unwrap()
@@ -175,17 +197,26 @@ async fn one_worker_thread_still_interleaves_and_times_out(broker: &Broker) {
 #[tokio::test]
 async fn one_worker_thread_embedded() {
     let broker = Broker::start(&["--worker-threads", "1"]);
+    let serving = broker.serving_line();
+    assert!(has_field(&serving, "worker_threads=1"), "{serving}");
     one_worker_thread_still_interleaves_and_times_out(&broker).await;
 }
 
 #[tokio::test]
 async fn one_worker_thread_broker_and_executor() {
-    let (_executor, port) = start_executor_with(&["--worker-threads", "1"]).await;
+    let (executor, port) = start_executor_with(&["--worker-threads", "1"]).await;
+    assert!(
+        has_field(&executor.serving, "worker_threads=1"),
+        "{}",
+        executor.serving
+    );
     let broker = Broker::start(&[
         "--worker-threads",
         "1",
         "--executor",
         &format!("http://127.0.0.1:{port}"),
     ]);
+    let serving = broker.serving_line();
+    assert!(has_field(&serving, "worker_threads=1"), "{serving}");
     one_worker_thread_still_interleaves_and_times_out(&broker).await;
 }

@@ -69,6 +69,12 @@ impl Broker {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    // Logged before it is announced: `log()` after `start` holds it.
+                    {
+                        let mut log = log.lock().unwrap();
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
                     if line.contains("broker serving") {
                         let field = |name: &str| {
                             line.split(&format!("{name}="))
@@ -78,9 +84,6 @@ impl Broker {
                         };
                         let _ = tx.send((field("addr"), field("fingerprint")));
                     }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             });
         }
@@ -95,6 +98,15 @@ impl Broker {
         }
     }
 
+    /// Its "broker serving" log line.
+    pub fn serving_line(&self) -> String {
+        self.log()
+            .lines()
+            .find(|l| l.contains("broker serving"))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Everything the broker logged so far (at debug level).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -107,6 +119,11 @@ impl Broker {
             .max_decoding_message_size(32 << 20)
             .max_encoding_message_size(32 << 20)
     }
+}
+
+/// Whether a log line has the field `field` (`name=value`, exactly).
+pub fn has_field(line: &str, field: &str) -> bool {
+    line.split_whitespace().any(|f| f == field)
 }
 
 pub fn job(code: &str) -> Job {
