@@ -7,7 +7,12 @@ unsafe extern "C" {
     #[link_name = "console"]
     fn host_console(level: i32, ptr: *const u8, len: usize);
     #[link_name = "tool_start"]
-    fn host_tool_start(name_ptr: *const u8, name_len: usize, args_ptr: *const u8, args_len: usize) -> u32;
+    fn host_tool_start(
+        name_ptr: *const u8,
+        name_len: usize,
+        args_ptr: *const u8,
+        args_len: usize,
+    ) -> u32;
     /// Blocks until a tool result is ready; returns `call_id << 32 | is_error << 31 | len`.
     #[link_name = "tool_wait"]
     fn host_tool_wait() -> u64;
@@ -26,7 +31,14 @@ pub fn console(level: i32, text: &[u8]) {
 }
 
 pub fn tool_start(name: &[u8], args_json: &[u8]) -> u32 {
-    unsafe { host_tool_start(name.as_ptr(), name.len(), args_json.as_ptr(), args_json.len()) }
+    unsafe {
+        host_tool_start(
+            name.as_ptr(),
+            name.len(),
+            args_json.as_ptr(),
+            args_json.len(),
+        )
+    }
 }
 
 /// Returns `(call_id, is_error, payload)`.

@@ -56,7 +56,8 @@ pub extern "C" fn initialize() {
         host.set("toolStart", Func::from(host_tool_start))?;
         host.set("done", Func::from(host_done))?;
         host.set("random", Func::from(rng::next_f64))?;
-        let setup: Function = ctx.eval_with_options(include_str!("prelude.js"), options("prelude.js"))?;
+        let setup: Function =
+            ctx.eval_with_options(include_str!("prelude.js"), options("prelude.js"))?;
         let internals: Object = setup.call((host,))?;
         Ok::<_, rquickjs::Error>(Persistent::save(&ctx, internals))
     });
