@@ -7,7 +7,7 @@
 //! - [`wasi`]: the handful of WASI functions the guest's libc needs, stubbed.
 //! - [`limits`]: security-level presets, overrides, ceilings.
 //! - [`server`]: the `enclave.v1.Executor` gRPC service, health, reflection, draining.
-//! - [`runtime`]: the tokio runtime of the server binaries (`--worker-threads`).
+//! - [`runtime`]: the server binaries' tokio runtime (`--worker-threads`) and logs (`ENCLAVE_LOG`).
 //!
 //! Executors hold no secrets and make no outbound connections: a script reaches the
 //! world only through tool calls, which travel back to the broker on the job's stream.
