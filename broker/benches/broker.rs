@@ -6,13 +6,14 @@
 //! - jobs/s with 64 concurrent clients, each on its own session;
 //! - memory per idle session.
 //!
-//! Latency and throughput are measured twice: with client, broker and executor in this
-//! one process (sharing its two worker threads), and as deployed, against the real
-//! `enclave-broker` and `enclave-executor` binaries in processes of their own.
+//! Latency and throughput are measured with client, broker and executor in this one
+//! process (sharing its two worker threads); as deployed, against the real
+//! `enclave-broker` and `enclave-executor` binaries in processes of their own; and
+//! against the `enclave-broker` binary alone, running jobs in its embedded executor.
 //!
 //! `cargo bench -p enclave-broker -- NAME` runs only the parts whose name contains NAME
-//! (`handshakes`, `direct`, `one-process`, `deployed`, `memory`), e.g. to profile one;
-//! `BENCH_JOBS=N` sets how many sequential jobs the latency figures take (3,000).
+//! (`handshakes`, `direct`, `one-process`, `deployed`, `embedded`, `memory`), e.g. to
+//! profile one; `BENCH_JOBS=N` sets how many sequential jobs the latency figures take (3,000).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -61,7 +62,10 @@ async fn bench() {
         in_process().await;
     }
     if wanted("deployed") {
-        deployed().await;
+        separate_processes(true).await;
+    }
+    if wanted("embedded") {
+        separate_processes(false).await;
     }
     if wanted("memory") {
         idle_session_memory();
@@ -127,20 +131,32 @@ async fn in_process() {
     }
 }
 
-async fn deployed() {
-    // Default runtimes (a worker per core in each server), then one worker each: on a
-    // small machine the wake-ups between sibling workers cost more than the job.
-    for (setup, worker_threads) in [
-        ("separate processes", None),
-        ("separate processes, --worker-threads 1", Some(1)),
-    ] {
-        let deployed = Deployed::start(worker_threads);
-        let processes = vec![
+/// The real binaries in processes of their own: the broker and a remote executor, or
+/// (`remote_executor` false) the broker alone running jobs in its embedded executor, as
+/// `cargo run -p enclave-broker` starts it. Default runtimes (a worker per core in each
+/// server), then one worker each: on a small machine the wake-ups between sibling
+/// workers cost more than the job.
+async fn separate_processes(remote_executor: bool) {
+    let setup = if remote_executor {
+        "separate processes"
+    } else {
+        "embedded executor"
+    };
+    for worker_threads in [None, Some(1)] {
+        let deployed = Deployed::start(worker_threads, remote_executor);
+        // The broker starts last.
+        let mut processes = vec![
             ("client", std::process::id()),
-            ("broker", deployed.children[1].id()),
-            ("executor", deployed.children[0].id()),
+            ("broker", deployed.children.last().unwrap().id()),
         ];
-        latency_and_throughput(setup, deployed.broker, deployed.fingerprint, &processes).await;
+        if remote_executor {
+            processes.push(("executor", deployed.children[0].id()));
+        }
+        let label = match worker_threads {
+            Some(n) => format!("{setup}, --worker-threads {n}"),
+            None => setup.to_owned(),
+        };
+        latency_and_throughput(&label, deployed.broker, deployed.fingerprint, &processes).await;
     }
 }
 
@@ -301,7 +317,9 @@ struct Deployed {
 }
 
 impl Deployed {
-    fn start(worker_threads: Option<usize>) -> Deployed {
+    /// The broker, and before it a remote executor if `remote_executor` (the broker's
+    /// embedded one otherwise).
+    fn start(worker_threads: Option<usize>, remote_executor: bool) -> Deployed {
         let dir = TempDir::new();
         let mut children = Vec::new();
         let workers = |command: &mut Command| {
@@ -309,29 +327,30 @@ impl Deployed {
                 command.env("ENCLAVE_WORKER_THREADS", n.to_string());
             }
         };
-        let mut executor = Command::new(executor_binary());
-        workers(executor.args(["--listen", "127.0.0.1:0"]));
-        let line = spawn_until(
-            &mut executor,
-            &dir.0.join("executor.log"),
-            "executor serving",
-            &mut children,
-        );
-        let executor_addr = field(&line, "addr");
         let mut broker = Command::new(env!("CARGO_BIN_EXE_enclave-broker"));
-        workers(
+        broker
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                "--identity",
+            ])
+            .arg(dir.0.join("broker.key"));
+        workers(&mut broker);
+        if remote_executor {
+            let mut executor = Command::new(executor_binary());
+            workers(executor.args(["--listen", "127.0.0.1:0"]));
+            let line = spawn_until(
+                &mut executor,
+                &dir.0.join("executor.log"),
+                "executor serving",
+                &mut children,
+            );
             broker
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--http-listen",
-                    "off",
-                    "--identity",
-                ])
-                .arg(dir.0.join("broker.key"))
                 .arg("--executor")
-                .arg(format!("http://{executor_addr}")),
-        );
+                .arg(format!("http://{}", field(&line, "addr")));
+        }
         let line = spawn_until(
             &mut broker,
             &dir.0.join("broker.log"),
