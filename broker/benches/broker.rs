@@ -127,7 +127,7 @@ async fn in_process() {
     }
     if wanted("one-process") {
         let this = vec![("this process", std::process::id())];
-        latency_and_throughput("one process", addr, pin, &this).await;
+        latency_and_throughput("one process, broker + 1 remote executor", addr, pin, &this).await;
     }
 }
 
@@ -138,9 +138,9 @@ async fn in_process() {
 /// workers cost more than the job.
 async fn separate_processes(remote_executor: bool) {
     let setup = if remote_executor {
-        "separate processes"
+        "separate processes, broker + 1 remote executor"
     } else {
-        "embedded executor"
+        "broker alone, embedded executor"
     };
     for worker_threads in [None, Some(1)] {
         let deployed = Deployed::start(worker_threads, remote_executor);
@@ -247,7 +247,7 @@ async fn latency_and_throughput(
         total += h.await.unwrap();
     }
     println!(
-        "[{setup}] jobs/s with {clients} concurrent clients (own sessions) via broker + 1 remote executor: {:.0}",
+        "[{setup}] jobs/s with {clients} concurrent clients (own sessions): {:.0}",
         total as f64 / started.elapsed().as_secs_f64()
     );
 }
@@ -287,7 +287,7 @@ async fn sequential_latency(
     samples.sort();
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
     println!(
-        "[{label}] sealed `return 1+1` via broker + 1 remote executor: p50 {:.0} µs, p99 {:.0} µs ({} jobs)",
+        "[{label}] sealed `return 1+1` through the broker: p50 {:.0} µs, p99 {:.0} µs ({} jobs)",
         pct(0.5),
         pct(0.99),
         samples.len()
