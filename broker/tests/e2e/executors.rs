@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use enclave_proto::v1::{ErrorCode, Suite, execute_result, final_event};
+use enclave_proto::v1::{ErrorCode, SealedRecord, Suite, execute_result, final_event};
 use serde_json::json;
 
 use crate::support::*;
@@ -96,55 +96,59 @@ async fn a_job_whose_executor_dies_ends_with_executor_lost() {
         json!("remote")
     );
 
-    let record = raw.seal(
-        enclave_proto::v1::RecordKind::ExecuteRequest,
-        job("await null; while (true) {}"),
-    );
-    let request_seq = record.seq;
-    let pending = {
-        let mut rpc = raw.rpc.clone();
-        tokio::spawn(async move { rpc.execute(record).await })
-    };
+    let pending = Background::start(&mut raw, job("await null; while (true) {}"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     executor.child.kill().unwrap();
-    let reply = pending
-        .await
-        .unwrap()
-        .expect("the broker answers, sealed")
-        .into_inner();
+    let code = pending.error_code(&mut raw).await;
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert_eq!(
-        error_code(&mut raw, request_seq, &reply),
-        ErrorCode::ExecutorLost
-    );
+    assert_eq!(code, ErrorCode::ExecutorLost);
 }
 
-/// The error code of a sealed Execute reply that must be an error, in or out of band.
-fn error_code(
-    raw: &mut Raw,
+/// A sealed Execute request sent on a task of its own, so that the test can act while
+/// the job runs.
+struct Background {
     request_seq: u64,
-    reply: &enclave_proto::v1::SealedRecord,
-) -> ErrorCode {
-    let plain = raw
-        .session
-        .channel()
-        .open_reply(
-            request_seq,
-            enclave_proto::v1::RecordKind::ExecuteResult,
-            reply,
-        )
-        .expect("opens");
-    let result: enclave_proto::v1::ExecuteResult =
-        prost::Message::decode(plain.as_slice()).unwrap();
-    match result.outcome {
-        Some(execute_result::Outcome::Error(e)) => e.code(),
-        Some(execute_result::Outcome::Final(f)) => match f.outcome {
-            Some(final_event::Outcome::Error(e)) => e.code(),
-            other => panic!("{other:?}"),
-        },
-        None => panic!("empty result"),
+    reply: tokio::task::JoinHandle<Result<tonic::Response<SealedRecord>, tonic::Status>>,
+}
+
+impl Background {
+    fn start(raw: &mut Raw, job: enclave_proto::v1::Job) -> Background {
+        let record = raw.seal(enclave_proto::v1::RecordKind::ExecuteRequest, job);
+        let request_seq = record.seq;
+        let mut rpc = raw.rpc.clone();
+        let reply = tokio::spawn(async move { rpc.execute(record).await });
+        Background { request_seq, reply }
+    }
+
+    /// The error code of the reply, which must be an error, in or out of band.
+    async fn error_code(self, raw: &mut Raw) -> ErrorCode {
+        let reply = self
+            .reply
+            .await
+            .unwrap()
+            .expect("the broker answers, sealed")
+            .into_inner();
+        let plain = raw
+            .session
+            .channel()
+            .open_reply(
+                self.request_seq,
+                enclave_proto::v1::RecordKind::ExecuteResult,
+                &reply,
+            )
+            .expect("opens");
+        let result: enclave_proto::v1::ExecuteResult =
+            prost::Message::decode(plain.as_slice()).unwrap();
+        match result.outcome {
+            Some(execute_result::Outcome::Error(e)) => e.code(),
+            Some(execute_result::Outcome::Final(f)) => match f.outcome {
+                Some(final_event::Outcome::Error(e)) => e.code(),
+                other => panic!("{other:?}"),
+            },
+            None => panic!("empty result"),
+        }
     }
 }
 
@@ -158,19 +162,14 @@ async fn one_worker_thread_still_interleaves_and_times_out(broker: &Broker) {
         timeout_ms: Some(2_000),
         ..Default::default()
     };
-    let record = busy.seal(
-        enclave_proto::v1::RecordKind::ExecuteRequest,
+    let started = Instant::now();
+    let spinning = Background::start(
+        &mut busy,
         enclave_proto::v1::Job {
             limits: Some(limits),
             ..job("while (true) {}")
         },
     );
-    let request_seq = record.seq;
-    let started = Instant::now();
-    let spinning = {
-        let mut rpc = busy.rpc.clone();
-        tokio::spawn(async move { rpc.execute(record).await })
-    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         value(&other.execute("return 6 * 7").await.unwrap()),
@@ -181,17 +180,10 @@ async fn one_worker_thread_still_interleaves_and_times_out(broker: &Broker) {
         interleaved < Duration::from_millis(1_500),
         "the second job waited for the busy one: {interleaved:?}"
     );
-    let reply = spinning
-        .await
-        .unwrap()
-        .expect("answered, sealed")
-        .into_inner();
+    let code = spinning.error_code(&mut busy).await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "the busy job took {took:?}");
-    assert_eq!(
-        error_code(&mut busy, request_seq, &reply),
-        ErrorCode::Timeout
-    );
+    assert_eq!(code, ErrorCode::Timeout);
 }
 
 #[tokio::test]
