@@ -55,6 +55,17 @@ pub const DEFAULT_EMBEDDED_MAX_JOBS: u32 = 64;
 /// executor ever reaches this.
 pub const DEFAULT_DEADLINE_MARGIN_MS: u64 = 2_000;
 
+/// A job's events waiting for a slow client, per job: above it the broker stops taking
+/// the job's events from its executor (the job waits, its time limit running). A
+/// client that reads at all, however slowly, keeps it below this; one that stopped
+/// reading holds no more than this plus one HTTP/2 stream window.
+pub const DEFAULT_OUTPUT_BUFFER_BYTES: u64 = 1 << 20;
+/// How long a job with a full buffer waits for its client to read anything before it
+/// ends with OUTPUT_STALLED: long enough for a client paused by a slow network or a
+/// garbage collection, short enough that an abandoned stream frees its executor slot
+/// well before a long job's time limit.
+pub const DEFAULT_OUTPUT_STALL_MS: u64 = 10_000;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -196,6 +207,14 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(invalid(format!("executors.{name} must be above zero")));
+            }
+        }
+        for (name, value) in [
+            ("output_buffer_bytes", self.jobs.output_buffer_bytes),
+            ("output_stall_ms", self.jobs.output_stall_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("jobs.{name} must be above zero")));
             }
         }
         Ok(())
@@ -383,12 +402,21 @@ impl ExecutorsConfig {
 pub struct JobsConfig {
     #[serde(default = "default_deadline_margin")]
     pub deadline_margin_ms: u64,
+    /// Bytes of a job's events the broker holds for a client that is not reading them.
+    #[serde(default = "default_output_buffer_bytes")]
+    pub output_buffer_bytes: u64,
+    /// How long a job may wait, its buffer full, for its client to read anything before
+    /// it ends with OUTPUT_STALLED.
+    #[serde(default = "default_output_stall_ms")]
+    pub output_stall_ms: u64,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
         JobsConfig {
             deadline_margin_ms: DEFAULT_DEADLINE_MARGIN_MS,
+            output_buffer_bytes: DEFAULT_OUTPUT_BUFFER_BYTES,
+            output_stall_ms: DEFAULT_OUTPUT_STALL_MS,
         }
     }
 }
@@ -396,6 +424,10 @@ impl Default for JobsConfig {
 impl JobsConfig {
     pub fn deadline_margin(&self) -> Duration {
         Duration::from_millis(self.deadline_margin_ms)
+    }
+
+    pub fn output_stall(&self) -> Duration {
+        Duration::from_millis(self.output_stall_ms)
     }
 }
 
@@ -492,6 +524,14 @@ fn default_health_interval() -> u64 {
 fn default_embedded_max_jobs() -> u32 {
     DEFAULT_EMBEDDED_MAX_JOBS
 }
+fn default_output_buffer_bytes() -> u64 {
+    DEFAULT_OUTPUT_BUFFER_BYTES
+}
+
+fn default_output_stall_ms() -> u64 {
+    DEFAULT_OUTPUT_STALL_MS
+}
+
 fn default_deadline_margin() -> u64 {
     DEFAULT_DEADLINE_MARGIN_MS
 }

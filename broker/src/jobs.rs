@@ -4,17 +4,21 @@
 //! Tool calls run concurrently as they arrive (a script may `Promise.all` them) and
 //! their results go back in whatever order they finish. The executor enforces the job's
 //! limits; the broker adds only a hard deadline (the job's time limit plus a margin) so
-//! that an executor that stops answering can never hang a client.
+//! that an executor that stops answering can never hang a client, and a bound on what
+//! it holds for a client that stops reading (see [`Broker::run_job_into`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use enclave_executor::Limits;
 use enclave_proto::v1::{
     ConsoleEvent, ErrorCode, FinalEvent, Job, JobError, ToolCall, ToolResult, final_event,
     run_event::Event, tool_result::Outcome as ToolOutcome,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -27,6 +31,9 @@ use crate::tools::{ToolError, Tools, ToolsError};
 /// No job waits longer than this for its executor, whatever timeout it asks for (an
 /// executor refuses timeouts above its ceiling anyway; this bounds the arithmetic).
 const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Outputs in flight between a job and its caller's own queue (the caller's channel is
+/// bounded too; the byte bound of [`JobsConfig::output_buffer_bytes`] is what holds).
+const EVENT_BUFFER: usize = 64;
 
 /// What the caller sees of a job while it runs, in the order it happened.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +69,8 @@ pub enum FailureKind {
     Deadline,
     /// The caller stopped listening.
     Cancelled,
+    /// The caller stopped reading the job's events (see [`Broker::run_job_into`]).
+    OutputStalled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +95,7 @@ impl JobFailure {
             FailureKind::ExecutorLost => ErrorCode::ExecutorLost,
             FailureKind::Deadline => ErrorCode::Timeout,
             FailureKind::Cancelled => ErrorCode::Cancelled,
+            FailureKind::OutputStalled => ErrorCode::OutputStalled,
             FailureKind::InvalidJob => ErrorCode::InvalidJob,
             FailureKind::Busy | FailureKind::Unavailable => ErrorCode::Unavailable,
         }
@@ -97,17 +107,6 @@ impl JobFailure {
             code: self.code() as i32,
             message: self.message.clone(),
             ..Default::default()
-        }
-    }
-
-    /// The gRPC status code, for a service that answers failures out of band.
-    pub fn grpc_code(&self) -> tonic::Code {
-        match self.kind {
-            FailureKind::InvalidJob => tonic::Code::InvalidArgument,
-            FailureKind::Busy => tonic::Code::ResourceExhausted,
-            FailureKind::Unavailable | FailureKind::ExecutorLost => tonic::Code::Unavailable,
-            FailureKind::Deadline => tonic::Code::DeadlineExceeded,
-            FailureKind::Cancelled => tonic::Code::Cancelled,
         }
     }
 }
@@ -169,54 +168,89 @@ impl Broker {
         &self.backend
     }
 
-    /// Runs a job for a streaming caller: each event goes through `emit` into `out`,
-    /// in order, as it happens. Returns how the job ended, or `None` as soon as `out`
-    /// closes (the caller went away): the job is then dropped, which stops it. The
-    /// caller seals and sends the last event itself.
-    pub async fn run_job_into<T>(
-        &self,
-        job: Job,
-        out: &mpsc::Sender<T>,
-        mut emit: impl FnMut(JobEvent) -> T,
-    ) -> Option<Result<FinalEvent, JobFailure>> {
-        let (events_tx, mut events) = mpsc::channel(64);
-        let run = self.run_job(job, events_tx);
-        tokio::pin!(run);
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                _ = out.closed() => return None,
-                Some(event) = events.recv() => {
-                    if out.send(emit(event)).await.is_err() {
-                        return None;
-                    }
-                }
-                outcome = &mut run => break outcome,
-            }
-        };
-        // Events emitted just before the end still go out, before the last one.
-        while let Ok(event) = events.try_recv() {
-            if out.send(emit(event)).await.is_err() {
-                return None;
-            }
-        }
-        Some(outcome)
-    }
-
     /// Runs `job`, sending its console output and tool activity to `events` as they
     /// happen, and returns its final event (the script's value or its error). Always
-    /// returns, at the latest at the job's time limit plus the deadline margin.
-    /// Dropping the future, or the receiver of `events`, cancels the job.
+    /// returns, at the latest at the job's time limit plus the deadline margin (plus
+    /// the stall bound if `events` is not read). Dropping the future, or the receiver
+    /// of `events`, cancels the job.
     pub async fn run_job(
         &self,
         job: Job,
         events: mpsc::Sender<JobEvent>,
     ) -> Result<FinalEvent, JobFailure> {
-        let timeout = job_timeout(&job);
+        let (out, mut outputs) = mpsc::channel(EVENT_BUFFER);
+        let run = async move { self.run_job_into(job, &out, |output| output).await };
+        // Owns `outputs`: when it stops, the job sees its caller gone.
+        let forward = async move {
+            loop {
+                let output = tokio::select! {
+                    // Noticed even while the job is silent.
+                    _ = events.closed() => break,
+                    output = outputs.recv() => output,
+                };
+                let Some(output) = output else { break };
+                match output {
+                    Output::Event(event) => {
+                        if events.send(event).await.is_err() {
+                            break;
+                        }
+                    }
+                    Output::End(outcome) => return outcome,
+                }
+            }
+            Err(JobFailure::new(
+                FailureKind::Cancelled,
+                "the caller stopped listening",
+            ))
+        };
+        tokio::join!(run, forward).1
+    }
+
+    /// Runs a job for a streaming caller: each event, and then how the job ended, goes
+    /// through `emit` into `out`, in order, as it happens. Returns when the last one is
+    /// in `out`, or as soon as `out` closes (the caller went away), which stops the job.
+    ///
+    /// The job's events are always taken from its executor as they come, whatever the
+    /// caller does, up to `[jobs] output_buffer_bytes` waiting for `out`: a caller that
+    /// stops reading stalls its own job only, never the executor's connection that
+    /// other jobs share. Past that bound the job waits; if `out` takes nothing for
+    /// `[jobs] output_stall_ms`, the job ends with OUTPUT_STALLED.
+    pub async fn run_job_into<T>(
+        &self,
+        job: Job,
+        out: &mpsc::Sender<T>,
+        emit: impl FnMut(Output) -> T,
+    ) {
+        let mut outbox = Outbox::new(out, emit, &self.jobs);
+        let outcome = tokio::select! {
+            biased;
+            _ = out.closed() => return,
+            outcome = self.run(job, &mut outbox) => outcome,
+        };
+        let Some(outcome) = outcome else { return };
+        outbox.push(Output::End(outcome));
+        // The job is over and its executor free; what is left for the caller, the end
+        // included, gets one more stall period of its own to be read.
+        outbox.restart_clock();
+        let _ = outbox.flush().await;
+    }
+
+    /// Starts the job and pumps it; `None` when the caller went away.
+    async fn run<T>(
+        &self,
+        job: Job,
+        outbox: &mut Outbox<'_, T, impl FnMut(Output) -> T>,
+    ) -> Option<Result<FinalEvent, JobFailure>> {
+        let requested = Limits::requested(job.level(), job.limits.as_ref());
+        let timeout = requested.timeout.min(MAX_JOB_TIMEOUT);
         let started_at = Instant::now();
-        let mut started = self.backend.start(job).await.inspect_err(|e| {
-            tracing::warn!(error = %e, "job not started");
-        })?;
+        let mut started = match self.backend.start(job).await {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::warn!(error = %e, "job not started");
+                return Some(Err(e.into()));
+            }
+        };
         let accepted = Instant::now();
         let job_deadline = accepted + timeout;
         let hard_deadline = job_deadline + self.jobs.deadline_margin();
@@ -226,7 +260,11 @@ impl Broker {
             "job started"
         );
         let secrets = self.tools.job_secrets();
-        let run = self.pump(&mut started, &secrets, job_deadline, &events);
+        let budget = Budget {
+            job_deadline,
+            max_tool_calls: requested.max_tool_calls,
+        };
+        let run = self.pump(&mut started, &secrets, &budget, outbox);
         let outcome = match tokio::time::timeout_at(hard_deadline, run).await {
             Ok(outcome) => outcome,
             Err(_) => Err(JobFailure::new(
@@ -247,51 +285,76 @@ impl Broker {
                 };
                 tracing::info!(executor = %started.executor, outcome = code, elapsed_ms, "job finished");
             }
+            Err(failure) if failure.kind == FailureKind::Cancelled => {
+                tracing::info!(executor = %started.executor, elapsed_ms, "job cancelled: the caller went away");
+                return None;
+            }
             Err(failure) => {
                 tracing::warn!(executor = %started.executor, kind = ?failure.kind, error = %failure, elapsed_ms, "job failed");
             }
         }
-        outcome
+        Some(outcome)
     }
 
-    async fn pump(
+    /// Moves the job's events to the outbox and its tool calls to the tools, until its
+    /// final event. Never waits on one direction while the other has work: tool results
+    /// go to the executor without waiting ([`enclave_executor::ToolResults`]), events
+    /// wait in the outbox, and the executor's stream is read whenever the outbox has
+    /// room.
+    async fn pump<T>(
         &self,
         started: &mut StartedJob,
         secrets: &JobSecrets,
-        job_deadline: Instant,
-        events: &mpsc::Sender<JobEvent>,
+        budget: &Budget,
+        outbox: &mut Outbox<'_, T, impl FnMut(Output) -> T>,
     ) -> Result<FinalEvent, JobFailure> {
-        let emit = |event: JobEvent| async move {
-            events.send(event).await.map_err(|_| {
-                JobFailure::new(FailureKind::Cancelled, "the caller stopped listening")
-            })
-        };
         let mut pending = FuturesUnordered::new();
+        let mut tool_calls = 0u32;
         loop {
+            let full = outbox.is_full();
+            let stall_at = outbox.stall_deadline();
             tokio::select! {
+                biased;
+                sent = outbox.send_one(), if !outbox.is_empty() => sent?,
+                // In a block, so the timer is made only when it is polled (when full).
+                _ = async { tokio::time::sleep_until(stall_at).await }, if full => {
+                    return Err(outbox.stalled());
+                }
                 Some((call_id, name, outcome)) = pending.next(), if !pending.is_empty() => {
                     let outcome: Result<String, ToolError> = outcome;
                     let error = outcome.as_ref().err().map(|e| e.message.clone());
                     tracing::debug!(tool = %name, call_id, ok = error.is_none(), "tool call finished");
-                    emit(JobEvent::ToolResult { call_id, name, error }).await?;
+                    outbox.push(Output::Event(JobEvent::ToolResult { call_id, name, error }));
                     let outcome = match outcome {
                         Ok(json) => ToolOutcome::ResultJson(json),
                         Err(e) => ToolOutcome::Error(e.message),
                     };
-                    // A closed channel means the executor is gone; its stream says so next.
-                    let _ = started.tool_results.send(ToolResult { call_id, outcome: Some(outcome) }).await;
+                    // Refused only for a call the executor never made, which the count
+                    // below rules out; a job that is over takes no more results.
+                    if let Err(e) = started.tool_results.send(ToolResult { call_id, outcome: Some(outcome) }) {
+                        return Err(JobFailure::new(FailureKind::ExecutorLost, format!("the executor broke the protocol: {e}")));
+                    }
                 }
-                item = started.events.next() => match item {
+                item = started.events.next(), if !full => match item {
                     Some(Ok(Event::Console(mut console))) => {
-                        if let std::borrow::Cow::Owned(clean) = secrets.scrub(&console.text) {
-                            console.text = clean;
-                        }
-                        emit(JobEvent::Console(console)).await?;
+                        scrub_in_place(secrets, &mut console.text);
+                        outbox.push(Output::Event(JobEvent::Console(console)));
                     }
                     Some(Ok(Event::ToolCall(call))) => {
+                        tool_calls += 1;
+                        if tool_calls > budget.max_tool_calls {
+                            return Err(JobFailure::new(
+                                FailureKind::ExecutorLost,
+                                format!("the executor broke the protocol: more tool calls than the job's limit of {}", budget.max_tool_calls),
+                            ));
+                        }
                         tracing::debug!(tool = %call.name, call_id = call.call_id, "tool call");
-                        emit(JobEvent::ToolCall(call.clone())).await?;
+                        let mut shown = call.clone();
+                        scrub_in_place(secrets, &mut shown.name);
+                        scrub_in_place(secrets, &mut shown.args_json);
+                        outbox.push(Output::Event(JobEvent::ToolCall(shown)));
                         let tools = &self.tools;
+                        let job_deadline = budget.job_deadline;
                         pending.push(async move {
                             let outcome = tools.call(secrets, &call.name, &call.args_json, job_deadline).await;
                             (call.call_id, call.name, outcome)
@@ -313,14 +376,129 @@ impl Broker {
     }
 }
 
-/// The job's own time limit: its override, else its level's preset.
-fn job_timeout(job: &Job) -> Duration {
-    let preset = enclave_executor::Limits::preset(job.level()).timeout;
-    job.limits
-        .as_ref()
-        .and_then(|l| l.timeout_ms)
-        .map_or(preset, Duration::from_millis)
-        .min(MAX_JOB_TIMEOUT)
+/// What the broker holds a job to besides the executor's own enforcement.
+struct Budget {
+    job_deadline: Instant,
+    max_tool_calls: u32,
+}
+
+/// What a streaming caller receives: the job's events, then how it ended.
+#[derive(Debug)]
+pub enum Output {
+    Event(JobEvent),
+    End(Result<FinalEvent, JobFailure>),
+}
+
+impl Output {
+    /// Roughly what it costs to hold: its text, plus a little for the framing.
+    fn size(&self) -> usize {
+        const FRAMING: usize = 64;
+        FRAMING
+            + match self {
+                Output::Event(JobEvent::Console(c)) => c.text.len(),
+                Output::Event(JobEvent::ToolCall(c)) => c.name.len() + c.args_json.len(),
+                Output::Event(JobEvent::ToolResult { name, error, .. }) => {
+                    name.len() + error.as_ref().map_or(0, String::len)
+                }
+                Output::End(Ok(final_event)) => final_event.encoded_len(),
+                Output::End(Err(failure)) => failure.message.len(),
+            }
+    }
+}
+
+/// A job's outputs on their way to a caller that may be slow: a queue that never makes
+/// the job's pump wait, bounded by bytes, with the time of the caller's last read.
+struct Outbox<'a, T, F> {
+    out: &'a mpsc::Sender<T>,
+    emit: F,
+    queue: VecDeque<(T, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+    stall: Duration,
+    last_taken: Instant,
+}
+
+impl<'a, T, F: FnMut(Output) -> T> Outbox<'a, T, F> {
+    fn new(out: &'a mpsc::Sender<T>, emit: F, config: &JobsConfig) -> Self {
+        Outbox {
+            out,
+            emit,
+            queue: VecDeque::new(),
+            bytes: 0,
+            max_bytes: usize::try_from(config.output_buffer_bytes).unwrap_or(usize::MAX),
+            stall: config.output_stall(),
+            last_taken: Instant::now(),
+        }
+    }
+
+    fn push(&mut self, output: Output) {
+        let size = output.size();
+        if self.queue.is_empty() {
+            // The stall clock runs from when something is waiting, not from the last read.
+            self.last_taken = Instant::now();
+        }
+        self.bytes += size;
+        self.queue.push_back(((self.emit)(output), size));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= self.max_bytes
+    }
+
+    fn restart_clock(&mut self) {
+        self.last_taken = Instant::now();
+    }
+
+    fn stall_deadline(&self) -> Instant {
+        self.last_taken + self.stall
+    }
+
+    fn stalled(&self) -> JobFailure {
+        JobFailure::new(
+            FailureKind::OutputStalled,
+            format!(
+                "the client read none of the job's events for {} ms while {} bytes of them were waiting; the job was stopped",
+                self.stall.as_millis(),
+                self.bytes
+            ),
+        )
+    }
+
+    /// Hands the oldest output to the caller once it has room.
+    async fn send_one(&mut self) -> Result<(), JobFailure> {
+        let permit =
+            self.out.reserve().await.map_err(|_| {
+                JobFailure::new(FailureKind::Cancelled, "the caller stopped listening")
+            })?;
+        if let Some((item, size)) = self.queue.pop_front() {
+            permit.send(item);
+            self.bytes -= size;
+            self.last_taken = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Hands everything over, within the same stall bound.
+    async fn flush(&mut self) -> Result<(), JobFailure> {
+        while !self.is_empty() {
+            let stall_at = self.stall_deadline();
+            tokio::select! {
+                sent = self.send_one() => sent?,
+                _ = tokio::time::sleep_until(stall_at) => return Err(self.stalled()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn scrub_in_place(secrets: &JobSecrets, text: &mut String) {
+    if let std::borrow::Cow::Owned(clean) = secrets.scrub(text) {
+        *text = clean;
+    }
 }
 
 /// Defence in depth: a script never holds a secret value, but if one reached its result

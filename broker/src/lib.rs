@@ -41,7 +41,7 @@ pub mod tls;
 pub mod tools;
 
 pub use config::Config;
-pub use jobs::{Broker, BuildError, FailureKind, JobEvent, JobFailure};
+pub use jobs::{Broker, BuildError, FailureKind, JobEvent, JobFailure, Output};
 pub use pool::{Backend, RemotePool, StartError, StartedJob};
 pub use secrets::{JobSecrets, SecretStore};
 pub use tools::{Tool, ToolContext, ToolError, ToolErrorKind, Tools};

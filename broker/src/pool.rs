@@ -24,12 +24,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use enclave_executor::{Limits, ToolResults};
 use enclave_proto::v1::{
-    Job, RunEvent, RunRequest, ToolResult, executor_client::ExecutorClient, run_event::Event,
-    run_request::Msg,
+    Job, RunEvent, RunRequest, executor_client::ExecutorClient, run_event::Event, run_request::Msg,
 };
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -39,9 +38,12 @@ use tonic_health::pb::{
 
 use crate::config::ExecutorsConfig;
 
-/// Tool results waiting to go to the executor; the executor reads them as they come, so
-/// this only absorbs a burst of `Promise.all` answers.
-const TOOL_RESULT_BUFFER: usize = 64;
+/// Flow control on executor connections. Every job on one connection shares its
+/// connection window, so it is made large enough never to fill: a job whose events the
+/// broker stops reading (its client is slow, see [`crate::jobs`]) then holds at most one
+/// stream window of it, and every other job and health check goes on.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// A health check that takes longer than this counts as a failure.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// HTTP/2 pings on executor connections: a host that vanished without closing its
@@ -62,8 +64,8 @@ pub struct StartedJob {
     /// Which executor runs it, for logs: `embedded` or its address.
     pub executor: String,
     pub events: EventStream,
-    /// Answers to the job's tool calls, in any order.
-    pub tool_results: mpsc::Sender<ToolResult>,
+    /// Answers to the job's tool calls, in any order; never waits.
+    pub tool_results: ToolResults,
     /// Dropped with the job: releases its slot, and for embedded jobs stops the script.
     _guard: Box<dyn Send + Sync>,
 }
@@ -72,7 +74,7 @@ impl StartedJob {
     pub fn new(
         executor: String,
         events: EventStream,
-        tool_results: mpsc::Sender<ToolResult>,
+        tool_results: ToolResults,
         guard: impl Send + Sync + 'static,
     ) -> StartedJob {
         StartedJob {
@@ -165,14 +167,17 @@ impl Member {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
-            .connect_lazy();
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         let max = enclave_executor::server::MAX_MESSAGE_BYTES;
         Ok(Member {
             endpoint,
-            client: ExecutorClient::new(channel.clone())
+            client: ExecutorClient::new(channel.connect_lazy())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            health: HealthClient::new(channel),
+            // A connection of its own: health must not depend on how the jobs' streams
+            // are doing, or a busy executor would be marked down.
+            health: HealthClient::new(channel.connect_lazy()),
             in_flight: AtomicUsize::new(0),
             state: Mutex::new(Health::Up),
         })
@@ -435,7 +440,8 @@ impl RemotePool {
 
     async fn attempt(&self, member: &Arc<Member>, job: Job) -> Result<StartedJob, Attempt> {
         let in_flight = InFlight::new(member.clone());
-        let (results_tx, results_rx) = mpsc::channel::<ToolResult>(TOOL_RESULT_BUFFER);
+        let max_tool_calls = Limits::requested(job.level(), job.limits.as_ref()).max_tool_calls;
+        let (results_tx, results_rx) = ToolResults::channel(max_tool_calls);
         let first = RunRequest {
             msg: Some(Msg::Job(job)),
         };

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::jobs::{Broker, JobEvent};
+use crate::jobs::{Broker, JobEvent, Output};
 use crate::session::{Session, SessionStore};
 
 /// Sealed records carry jobs and results up to the protocol's 16 MiB plaintext cap.
@@ -242,20 +242,17 @@ async fn stream_job(
             .seal(protocol.channel(), &StreamEvent { event: Some(event) })
             .map_err(Status::from)
     };
-    let Some(outcome) = broker
-        .run_job_into(job, &out, |event| seal(stream_event(event)))
-        .await
-    else {
-        return;
-    };
-    let last = match outcome {
-        Ok(final_event) => stream_event::Event::Final(final_event),
-        Err(failure) => stream_event::Event::Error(failure.to_job_error()),
-    };
-    let _ = out.send(seal(last)).await;
+    broker
+        .run_job_into(job, &out, |output| seal(stream_event(output)))
+        .await;
 }
 
-fn stream_event(event: JobEvent) -> stream_event::Event {
+fn stream_event(output: Output) -> stream_event::Event {
+    let event = match output {
+        Output::Event(event) => event,
+        Output::End(Ok(final_event)) => return stream_event::Event::Final(final_event),
+        Output::End(Err(failure)) => return stream_event::Event::Error(failure.to_job_error()),
+    };
     match event {
         JobEvent::Console(line) => stream_event::Event::Console(line),
         JobEvent::ToolCall(call) => stream_event::Event::ToolCall(call),

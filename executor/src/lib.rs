@@ -6,6 +6,8 @@
 //! - [`host`]: per-job state and the `enclave` imports, where limits are enforced.
 //! - [`wasi`]: the handful of WASI functions the guest's libc needs, stubbed.
 //! - [`limits`]: security-level presets, overrides, ceilings.
+//! - [`jobs`]: the one job API: admission (checks, limits, a slot) and running (events
+//!   out, tool results in), used by the gRPC service and the broker's embedded mode.
 //! - [`server`]: the `enclave.v1.Executor` gRPC service, health, reflection, draining.
 //! - [`runtime`]: the server binaries' tokio runtime (`--worker-threads`) and logs (`ENCLAVE_LOG`).
 //!
@@ -14,11 +16,13 @@
 
 mod epoch;
 pub mod host;
+pub mod jobs;
 pub mod limits;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod wasi;
 
+pub use jobs::{Jobs, Refusal, RunningJob, ToolResults};
 pub use limits::Limits;
 pub use sandbox::{JobSpec, Sandbox, SandboxConfig, SandboxError};

@@ -51,14 +51,10 @@ impl Limits {
         Limits::preset(SecurityLevel::Permissive)
     }
 
-    /// Applies a job's overrides on top of its level's preset. An override above the
-    /// ceiling is an error rather than a silent clamp: the caller asked for something
-    /// this executor will not give, and should know.
-    pub fn resolve(
-        level: SecurityLevel,
-        overrides: Option<&v1::Limits>,
-        ceiling: &Limits,
-    ) -> Result<Limits, LimitError> {
+    /// What a job asks for: its level's preset with its overrides on top, unchecked.
+    /// The broker reads its time limit and tool-call budget from this; only an
+    /// executor, which knows its ceilings, can [`resolve`](Self::resolve) it.
+    pub fn requested(level: SecurityLevel, overrides: Option<&v1::Limits>) -> Limits {
         let mut limits = Limits::preset(level);
         if let Some(o) = overrides {
             if let Some(ms) = o.timeout_ms {
@@ -72,6 +68,18 @@ impl Limits {
             set(&mut limits.max_result_bytes, o.max_result_bytes);
             set(&mut limits.max_tool_args_bytes, o.max_tool_args_bytes);
         }
+        limits
+    }
+
+    /// Applies a job's overrides on top of its level's preset. An override above the
+    /// ceiling is an error rather than a silent clamp: the caller asked for something
+    /// this executor will not give, and should know.
+    pub fn resolve(
+        level: SecurityLevel,
+        overrides: Option<&v1::Limits>,
+        ceiling: &Limits,
+    ) -> Result<Limits, LimitError> {
+        let mut limits = Limits::requested(level, overrides);
         limits.check_ceiling(ceiling)?;
         if limits.timeout.is_zero() {
             return Err(LimitError::Zero("timeout_ms"));

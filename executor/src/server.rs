@@ -1,33 +1,40 @@
 //! The `enclave.v1.Executor` gRPC service: one bidirectional stream per job.
 //!
-//! Admission is explicit: past `max_concurrent_jobs` a new stream is refused with
+//! Admission is explicit: past `max_concurrent_jobs` a new job is refused with
 //! RESOURCE_EXHAUSTED at once instead of queueing without bound (the broker retries
-//! elsewhere). Draining (SIGTERM) refuses new jobs with UNAVAILABLE, lets running ones
-//! finish within a grace period, then cancels what is left.
+//! elsewhere). A job's slot is taken when its job arrives, not when its stream opens;
+//! streams that have not sent their job yet are bounded on their own and get
+//! `first_message_timeout` to do it. Draining (SIGTERM) refuses new jobs with
+//! UNAVAILABLE, lets running ones finish within a grace period, then cancels what is
+//! left. Jobs themselves are admitted and run by [`crate::jobs`], as in the broker's
+//! embedded mode.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use enclave_proto::v1::{
-    ErrorCode, FinalEvent, Job, JobError, RunEvent, RunRequest, ToolResult,
+    Job, RunEvent, RunRequest,
     executor_server::{Executor, ExecutorServer},
-    final_event,
-    run_event::Event,
     run_request::Msg,
 };
 use futures::Stream;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::sandbox::{JobSpec, Sandbox};
+use crate::jobs::{Jobs, RunningJob, ToolResults};
+use crate::sandbox::Sandbox;
 
 /// gRPC messages may carry code, results and console text up to this size.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// A broker sends a stream's job at once, so streams wait for it for milliseconds; this
+/// many covers any burst a broker makes, and bounds what idle streams can hold.
+pub const DEFAULT_MAX_WAITING_STREAMS: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -35,6 +42,9 @@ pub struct ServerConfig {
     pub max_code_bytes: usize,
     /// How long a new stream may take to send its job.
     pub first_message_timeout: Duration,
+    /// Streams that may be waiting for their job at once; more are refused with
+    /// RESOURCE_EXHAUSTED. They hold no job slot, only a little memory each.
+    pub max_waiting_streams: usize,
     /// How long running jobs may take to finish once draining starts.
     pub drain_grace: Duration,
 }
@@ -42,8 +52,9 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_code_bytes: 1 << 20,
+            max_code_bytes: crate::jobs::DEFAULT_MAX_CODE_BYTES,
             first_message_timeout: Duration::from_secs(10),
+            max_waiting_streams: DEFAULT_MAX_WAITING_STREAMS,
             drain_grace: Duration::from_secs(30),
         }
     }
@@ -52,48 +63,36 @@ impl Default for ServerConfig {
 /// The Executor service; cheap to clone.
 #[derive(Clone)]
 pub struct ExecutorService {
-    sandbox: Arc<Sandbox>,
+    jobs: Arc<Jobs>,
     config: ServerConfig,
-    slots: Arc<Semaphore>,
-    draining: Arc<AtomicBool>,
-    /// Cancelled when the drain grace period is over: every job still running ends.
-    stop_jobs: CancellationToken,
+    /// Streams opened whose job has not arrived yet. They take no job slot, so idle
+    /// streams cannot pin the slots, and they are bounded on their own.
+    opening: Arc<Semaphore>,
 }
 
 impl ExecutorService {
     pub fn new(sandbox: Arc<Sandbox>, config: ServerConfig) -> ExecutorService {
-        let slots = Arc::new(Semaphore::new(
-            sandbox.config().max_concurrent_jobs as usize,
-        ));
+        let jobs = Arc::new(Jobs::new(sandbox, config.max_code_bytes));
+        let opening = Arc::new(Semaphore::new(config.max_waiting_streams));
         ExecutorService {
-            sandbox,
+            jobs,
             config,
-            slots,
-            draining: Arc::new(AtomicBool::new(false)),
-            stop_jobs: CancellationToken::new(),
+            opening,
         }
     }
 
     /// Jobs running now.
     pub fn running_jobs(&self) -> usize {
-        self.sandbox.config().max_concurrent_jobs as usize - self.slots.available_permits()
+        self.jobs.running()
     }
 
-    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(Status::unavailable(
-                "the executor is shutting down; retry on another",
-            ));
-        }
-        self.slots.clone().try_acquire_owned().map_err(|_| {
+    async fn first_job(&self, inbound: &mut Streaming<RunRequest>) -> Result<Job, Status> {
+        let _opening = self.opening.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
-                "the executor is running its maximum of {} jobs; retry later or elsewhere",
-                self.sandbox.config().max_concurrent_jobs
+                "{} streams are already waiting to send their job; retry later or elsewhere",
+                self.config.max_waiting_streams
             ))
-        })
-    }
-
-    async fn first_job(&self, inbound: &mut Streaming<RunRequest>) -> Result<JobSpec, Status> {
+        })?;
         let first = tokio::time::timeout(self.config.first_message_timeout, inbound.message())
             .await
             .map_err(|_| {
@@ -103,45 +102,16 @@ impl ExecutorService {
                 ))
             })?
             .map_err(malformed)?;
-        let job = match first.and_then(|r| r.msg) {
-            Some(Msg::Job(job)) => job,
-            Some(Msg::ToolResult(_)) => {
-                return Err(Status::invalid_argument(
-                    "the first message must be a job, not a tool result",
-                ));
-            }
-            Some(Msg::Cancel(_)) => {
-                return Err(Status::invalid_argument(
-                    "the first message must be a job, not a cancel",
-                ));
-            }
-            None => return Err(Status::invalid_argument("the stream carried no job")),
-        };
-        self.spec(job)
-    }
-
-    fn spec(&self, job: Job) -> Result<JobSpec, Status> {
-        if job.code.len() > self.config.max_code_bytes {
-            return Err(Status::invalid_argument(format!(
-                "the code is {} bytes; this executor accepts at most {}",
-                job.code.len(),
-                self.config.max_code_bytes
-            )));
+        match first.and_then(|r| r.msg) {
+            Some(Msg::Job(job)) => Ok(job),
+            Some(Msg::ToolResult(_)) => Err(Status::invalid_argument(
+                "the first message must be a job, not a tool result",
+            )),
+            Some(Msg::Cancel(_)) => Err(Status::invalid_argument(
+                "the first message must be a job, not a cancel",
+            )),
+            None => Err(Status::invalid_argument("the stream carried no job")),
         }
-        if !job.input_json.is_empty()
-            && serde_json::from_str::<serde_json::Value>(&job.input_json).is_err()
-        {
-            return Err(Status::invalid_argument("input_json is not valid JSON"));
-        }
-        let limits = self
-            .sandbox
-            .limits_for(&job)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(JobSpec {
-            code: job.code,
-            input_json: job.input_json,
-            limits,
-        })
     }
 }
 
@@ -164,31 +134,28 @@ impl Executor for ExecutorService {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<EventStream>, Status> {
-        let permit = self.admit()?;
         let mut inbound = request.into_inner();
-        let spec = self.first_job(&mut inbound).await?;
-        let (out_tx, out_rx) = mpsc::channel(64);
-        let (results_tx, results_rx) = mpsc::channel(64);
-        let (fault_tx, fault_rx) = mpsc::channel(1);
-        let cancel = self.stop_jobs.child_token();
-        let job_over = CancellationToken::new();
-        let reader = read_requests(
+        let job = self.first_job(&mut inbound).await?;
+        let running = self.jobs.start(job)?;
+        let (fault_tx, fault) = oneshot::channel();
+        let finished = CancellationToken::new();
+        // A task of its own, so tool results are taken off the connection as they come
+        // whatever the response side is doing: an unread request stream would hold the
+        // connection's flow-control window, which every job on it shares.
+        tokio::spawn(read_requests(
             inbound,
-            results_tx,
+            running.tool_results(),
             fault_tx,
-            cancel.clone(),
-            job_over.clone(),
-        );
-        let sandbox = self.sandbox.clone();
-        let job = async move {
-            pump_job(&sandbox, spec, results_rx, fault_rx, out_tx, cancel).await;
-            job_over.cancel();
-            drop(permit);
-        };
-        let driver = async move {
-            tokio::join!(reader, job);
-        };
-        Ok(Response::new(Box::pin(DrivenStream::new(driver, out_rx))))
+            running.cancel_token(),
+            finished.clone(),
+        ));
+        Ok(Response::new(Box::pin(JobStream {
+            job: running,
+            fault,
+            seq: 0,
+            done: false,
+            _finished: finished.drop_guard(),
+        })))
     }
 }
 
@@ -197,32 +164,30 @@ impl Executor for ExecutorService {
 /// must end with the job whether or not the caller has closed its side.
 async fn read_requests(
     mut inbound: Streaming<RunRequest>,
-    results: mpsc::Sender<ToolResult>,
-    faults: mpsc::Sender<Status>,
+    results: ToolResults,
+    fault: oneshot::Sender<Status>,
     cancel: CancellationToken,
-    job_over: CancellationToken,
+    finished: CancellationToken,
 ) {
-    loop {
+    let status = loop {
         let message = tokio::select! {
-            _ = job_over.cancelled() => return,
+            _ = finished.cancelled() => return,
             message = inbound.message() => message,
         };
-        let fault = match message {
+        match message {
             Ok(Some(RunRequest {
                 msg: Some(Msg::ToolResult(result)),
-            })) => {
-                if results.send(result).await.is_err() {
-                    return; // the job is over
-                }
-                continue;
-            }
+            })) => match results.send(result) {
+                Ok(()) => continue,
+                Err(overflow) => break Status::invalid_argument(overflow.0),
+            },
             Ok(Some(RunRequest {
                 msg: Some(Msg::Cancel(_)),
             })) => {
                 cancel.cancel();
                 // Keep `results` open until the job is over: were it dropped now, a job
                 // parked on a tool call could end as "the caller went away" first.
-                job_over.cancelled().await;
+                finished.cancelled().await;
                 return;
             }
             // Half-close: the caller has nothing more to send, which is fine for a job
@@ -231,82 +196,68 @@ async fn read_requests(
             Ok(Some(RunRequest {
                 msg: Some(Msg::Job(_)),
             })) => {
-                Status::invalid_argument("a stream carries one job; open a new stream for another")
+                break Status::invalid_argument(
+                    "a stream carries one job; open a new stream for another",
+                );
             }
-            Ok(Some(RunRequest { msg: None })) => Status::invalid_argument("empty request message"),
+            Ok(Some(RunRequest { msg: None })) => {
+                break Status::invalid_argument("empty request message");
+            }
             Err(status) if status.code() == tonic::Code::Cancelled => {
                 cancel.cancel();
-                job_over.cancelled().await;
+                finished.cancelled().await;
                 return;
             }
-            Err(status) => malformed(status),
-        };
-        let _ = faults.send(fault).await;
-        // As for a cancel: the fault, not a closed tool channel, must be what ends the job.
-        job_over.cancelled().await;
-        return;
-    }
-}
-
-/// Runs the job and streams its events, numbered, then its final event.
-async fn pump_job(
-    sandbox: &Sandbox,
-    spec: JobSpec,
-    results: mpsc::Receiver<ToolResult>,
-    mut faults: mpsc::Receiver<Status>,
-    out: mpsc::Sender<Result<RunEvent, Status>>,
-    cancel: CancellationToken,
-) {
-    let (events_tx, mut events) = mpsc::channel(64);
-    let job = sandbox.run(spec, events_tx, results);
-    tokio::pin!(job);
-    let mut seq = 0u64;
-    let mut send = |event: Event| {
-        let numbered = RunEvent {
-            seq,
-            event: Some(event),
-        };
-        seq += 1;
-        numbered
-    };
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            _ = out.closed() => return, // caller gone: dropping `job` stops the instance
-            _ = cancel.cancelled() => break Ok(cancelled_final()),
-            Some(fault) = faults.recv() => {
-                let _ = out.send(Err(fault)).await;
-                return;
-            }
-            Some(event) = events.recv() => {
-                if out.send(Ok(send(event))).await.is_err() {
-                    return;
-                }
-            }
-            outcome = &mut job => break outcome,
+            Err(status) => break malformed(status),
         }
     };
-    // Events the job emitted before finishing still go out, in order, before the final.
-    while let Ok(event) = events.try_recv() {
-        if out.send(Ok(send(event))).await.is_err() {
-            return;
-        }
-    }
-    let message = match outcome {
-        Ok(final_event) => Ok(send(Event::Final(final_event))),
-        Err(fault) => Err(Status::invalid_argument(fault.0)),
-    };
-    let _ = out.send(message).await;
+    let _ = fault.send(status);
+    // As for a cancel: the fault, not a closed tool channel, must be what ends the job.
+    finished.cancelled().await;
 }
 
-fn cancelled_final() -> FinalEvent {
-    FinalEvent {
-        outcome: Some(final_event::Outcome::Error(JobError {
-            code: ErrorCode::Cancelled as i32,
-            message: "the job was cancelled".into(),
-            ..Default::default()
-        })),
-        stats: None,
+/// A job's events, numbered, as the response stream; a protocol fault of the caller
+/// ends it with that fault instead. Dropping it (the caller went away) stops the job.
+struct JobStream {
+    job: RunningJob,
+    fault: oneshot::Receiver<Status>,
+    seq: u64,
+    done: bool,
+    /// Lets the request reader go once the response is over.
+    _finished: tokio_util::sync::DropGuard,
+}
+
+impl Stream for JobStream {
+    type Item = Result<RunEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(Ok(status)) = Pin::new(&mut self.fault).poll(cx) {
+            self.done = true;
+            return Poll::Ready(Some(Err(status)));
+        }
+        let item = match std::task::ready!(Pin::new(&mut self.job).poll_next(cx)) {
+            Some(Ok(event)) => {
+                self.done = matches!(event, enclave_proto::v1::run_event::Event::Final(_));
+                let seq = self.seq;
+                self.seq += 1;
+                Ok(RunEvent {
+                    seq,
+                    event: Some(event),
+                })
+            }
+            Some(Err(fault)) => {
+                self.done = true;
+                Err(Status::invalid_argument(fault.0))
+            }
+            None => {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+        };
+        Poll::Ready(Some(item))
     }
 }
 
@@ -346,16 +297,16 @@ pub async fn serve_with_tls(
                 running = service.running_jobs(),
                 "draining: refusing new jobs"
             );
-            service.draining.store(true, Ordering::SeqCst);
+            service.jobs.drain();
             health
                 .set_not_serving::<ExecutorServer<ExecutorService>>()
                 .await;
             let grace = service.config.drain_grace;
-            let stop = service.stop_jobs.clone();
+            let jobs = service.jobs.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 tracing::warn!("drain grace period over: cancelling remaining jobs");
-                stop.cancel();
+                jobs.cancel_all();
             });
         }
     };
@@ -440,42 +391,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-}
-
-/// The response stream of a job, which also drives the job: no task is spawned per
-/// job. With the job in the task that sends its events, a short job's response
-/// headers, events and trailers leave in one write, so the broker wakes once per job,
-/// not once per frame; and no hand-off to another worker thread is needed (each costs
-/// ~20 µs of wake-up on a small VM). Measured single-threaded, a direct `return 1+1`
-/// round trip went from 142 to 127 µs of CPU. Dropping the stream (the caller went
-/// away) drops the job, which stops its instance.
-struct DrivenStream<T> {
-    driver: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    items: mpsc::Receiver<T>,
-}
-
-impl<T> DrivenStream<T> {
-    fn new(driver: impl Future<Output = ()> + Send + 'static, items: mpsc::Receiver<T>) -> Self {
-        DrivenStream {
-            driver: Some(Box::pin(driver)),
-            items,
-        }
-    }
-}
-
-impl<T> Stream for DrivenStream<T> {
-    type Item = T;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        if let Some(driver) = self.driver.as_mut()
-            && driver.as_mut().poll(cx).is_ready()
-        {
-            self.driver = None;
-        }
-        // Once the driver is done its sender is gone: what it sent drains, then `None`.
-        self.items.poll_recv(cx)
-    }
 }

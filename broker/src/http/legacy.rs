@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use zeroize::Zeroizing;
 
-use crate::jobs::{Broker, JobEvent, JobFailure};
+use crate::jobs::{Broker, JobEvent, JobFailure, Output};
 use crate::session::SessionLimits;
 
 /// AES-GCM IVs are 12 bytes (the seed's `crypto.getRandomValues(new Uint8Array(12))`).
@@ -564,23 +564,25 @@ async fn stream_job(broker: &Broker, session: &LegacySession, job: Job, out: mps
             }
         }
     };
-    let Some(outcome) = broker
-        .run_job_into(job, &out, |event| line(stream_event(event)))
-        .await
-    else {
-        return;
-    };
-    // As in the seed: `final` when the job ran to its end (its value or its own error),
-    // `error` when the broker could not run it (no executor, executor lost, ...).
-    let last = match &outcome {
-        Err(failure) => json!({ "type": "error", "message": failure.message }),
-        Ok(_) => json!({ "type": "final", "result": execution_result(&outcome) }),
-    };
-    let _ = out.send(line(last)).await;
+    broker
+        .run_job_into(job, &out, |output| line(stream_event(output)))
+        .await;
 }
 
 /// A job event as the seed's stream shows it.
-fn stream_event(event: JobEvent) -> Value {
+fn stream_event(output: Output) -> Value {
+    let event = match output {
+        Output::Event(event) => event,
+        // As in the seed: `final` when the job ran to its end (its value or its own
+        // error), `error` when the broker could not run it (no executor, executor
+        // lost, ...).
+        Output::End(Err(failure)) => {
+            return json!({ "type": "error", "message": failure.message });
+        }
+        Output::End(outcome) => {
+            return json!({ "type": "final", "result": execution_result(&outcome) });
+        }
+    };
     match event {
         JobEvent::Console(line) => {
             json!({ "type": "stdout", "data": line.text, "level": console_level(line.level()) })

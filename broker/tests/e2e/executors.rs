@@ -16,7 +16,7 @@ fn executor_binary() -> std::path::PathBuf {
     let path = dir.join("enclave-executor");
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build -p enclave-executor` first",
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
         path.display()
     );
     path

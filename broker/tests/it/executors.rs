@@ -196,39 +196,17 @@ impl Tool for Started {
     }
 }
 
-/// The `enclave-executor` binary of this test's own target dir and profile, built first
-/// if it is missing (cargo releases its lock before running tests, so this cannot
-/// deadlock).
+/// The `enclave-executor` binary of this test's own target dir and profile, built by
+/// `cargo test --workspace` (a test that built it would use other features than the
+/// test build and make the next one rebuild everything).
 fn executor_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // <target>/<profile>/deps/it-<hash>
     let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
     let bin = profile_dir.join("enclave-executor");
-    if !bin.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .args([
-                "build",
-                "-p",
-                "enclave-executor",
-                "--bin",
-                "enclave-executor",
-                "--target-dir",
-            ])
-            .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().unwrap().success(),
-            "building enclave-executor failed"
-        );
-    }
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build -p enclave-executor`",
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
         bin.display()
     );
     bin
@@ -423,6 +401,7 @@ async fn a_silent_executor_cannot_hang_the_caller() {
         Arc::new(pool),
         JobsConfig {
             deadline_margin_ms: 300,
+            ..JobsConfig::default()
         },
     );
     let started = Instant::now();

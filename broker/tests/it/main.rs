@@ -6,6 +6,7 @@ mod support;
 
 mod embedded;
 mod executors;
+mod flow;
 mod http;
 mod secrets;
 mod tools;

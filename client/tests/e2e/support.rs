@@ -41,35 +41,26 @@ impl Drop for TempDir {
     }
 }
 
-/// The broker binary of this workspace and build profile, built (or found up to date)
-/// once per test run: tests must never talk to a stale broker. The build is the same
-/// `cargo build --workspace --bins` that scripts/test runs first, so it has the same
-/// feature set and is a no-op there (`-p enclave-broker` alone would unify features
-/// differently and rebuild half the tree). `ENCLAVE_BROKER_BIN` names a prebuilt one.
+/// The broker binary of this workspace and build profile. No test builds it: a build
+/// from here would use other features than the test build and make the next one
+/// rebuild everything. `ENCLAVE_BROKER_BIN` names another one.
 pub fn broker_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("ENCLAVE_BROKER_BIN") {
             return PathBuf::from(bin);
         }
-        // tests run from <target>/<profile>/deps/
+        // tests run from <target>/<profile>/deps/; `cargo test --workspace` builds the
+        // workspace's binaries there with the test build's own features.
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "--workspace", "--bins"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
+        for name in ["enclave-broker", "enclave-executor"] {
+            assert!(
+                profile_dir.join(name).exists(),
+                "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+                profile_dir.join(name).display()
+            );
         }
-        let status = build
-            .status()
-            .expect("running cargo build for enclave-broker");
-        assert!(status.success(), "cargo build --workspace --bins failed");
         profile_dir.join("enclave-broker")
     })
     .clone()

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{OnceLock, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use enclave_client::Fingerprint;
@@ -61,31 +61,18 @@ impl Cert {
     }
 }
 
-/// The binaries of this workspace and build profile, built (or found up to date) once
-/// per test run with the same `cargo build --workspace --bins` as client/tests/e2e (and
-/// scripts/test), so the feature set matches and the build is a no-op there.
+/// The binaries of this workspace and build profile, which `cargo test --workspace`
+/// builds with the test build's own features.
 fn bin(name: &str) -> PathBuf {
-    static PROFILE_DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = PROFILE_DIR.get_or_init(|| {
-        // tests run from <target>/<profile>/deps/
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "--workspace", "--bins"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
-        profile_dir
-    });
-    dir.join(name)
+    // tests run from <target>/<profile>/deps/
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
 }
 
 /// A child process, killed when dropped, with the fields of its start-up line.

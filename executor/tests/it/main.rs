@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admission;
 mod concurrency;
 mod console;
 mod isolation;

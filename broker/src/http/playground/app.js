@@ -63,6 +63,7 @@ export const ERROR_CODES = Object.freeze([
   'EXECUTOR_LOST',
   'INVALID_JOB',
   'UNAVAILABLE',
+  'OUTPUT_STALLED',
 ]);
 
 /** Plaintexts are at most 16 MiB (§8.1). */
