@@ -288,7 +288,10 @@ impl Broker {
                         }
                         emit(JobEvent::Console(console)).await?;
                     }
-                    Some(Ok(Event::ToolCall(call))) => {
+                    Some(Ok(Event::ToolCall(mut call))) => {
+                        // The event, the log line and the tool see handles, not values.
+                        call.name = secrets.scrub(&call.name).into_owned();
+                        call.args_json = secrets.scrub_json_text(&call.args_json).into_owned();
                         tracing::debug!(tool = %call.name, call_id = call.call_id, "tool call");
                         emit(JobEvent::ToolCall(call.clone())).await?;
                         let tools = &self.tools;
@@ -328,21 +331,12 @@ fn job_timeout(job: &Job) -> Duration {
 fn scrub_final(secrets: &JobSecrets, mut final_event: FinalEvent) -> FinalEvent {
     match &mut final_event.outcome {
         Some(final_event::Outcome::ResultJson(json)) => {
-            // Replacing in the text keeps the script's key order; walking the parsed
-            // value is the fallback when a replacement broke the JSON.
-            if let std::borrow::Cow::Owned(clean) = secrets.scrub(json) {
-                if serde_json::from_str::<serde_json::Value>(&clean).is_ok() {
-                    *json = clean;
-                } else if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(json) {
-                    secrets.scrub_json(&mut value);
-                    *json = serde_json::to_string(&value).unwrap_or_else(|_| "null".into());
-                } else {
-                    *json = "null".into();
-                }
+            if let std::borrow::Cow::Owned(clean) = secrets.scrub_json_text(json) {
+                *json = clean;
             }
         }
         Some(final_event::Outcome::Error(error)) => {
-            for text in [&mut error.message, &mut error.stack] {
+            for text in [&mut error.name, &mut error.message, &mut error.stack] {
                 *text = secrets.scrub(text).into_owned();
             }
         }
