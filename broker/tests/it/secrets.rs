@@ -332,7 +332,7 @@ async fn free_placement_is_an_opt_in_that_goes_anywhere_but_the_user_info() {
             body: {{token: key, list: ['k:' + key]}},
         }});
         const out = [];
-        for (const url of [`http://u:${{key}}@{host}/`, `http://{other}/?t=${{key}}`]) {{
+        for (const url of [`http://${{key}}@{host}/`, `http://u:${{key}}@{host}/`, `http://{other}/?t=${{key}}`]) {{
             try {{ await callTool('http:get', {{url}}); out.push('sent'); }} catch (e) {{ out.push(e.message); }}
         }}
         {MIRROR}
@@ -374,6 +374,7 @@ async fn free_placement_is_an_opt_in_that_goes_anywhere_but_the_user_info() {
     assert_eq!(
         messages(&run, "key"),
         [
+            "tool http:get failed: secret `free_key` may not go in the URL's user info: it would be sent base64-encoded in an `Authorization: Basic` header, which no binding covers".to_string(),
             "tool http:get failed: secret `free_key` may not go in the URL's user info: it would be sent base64-encoded in an `Authorization: Basic` header, which no binding covers".to_string(),
             format!(
                 "tool http:get failed: secret `free_key` may only be sent anywhere in the request but the user info to `{}`, not to `{}`",
@@ -845,4 +846,31 @@ fn handle_of(text: &str) -> String {
         "{text}"
     );
     text.to_string()
+}
+
+/// `Tools::call` scrubs a tool's arguments itself, whoever calls it: the tool (and the
+/// service it talks to) sees the handle.
+#[tokio::test]
+async fn a_tools_arguments_are_scrubbed_before_it_runs() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut tools = tools("arguments", None, &[]);
+    tools.register(
+        "leaky",
+        Arc::new(Leaky { seen: seen.clone() }),
+        std::time::Duration::from_secs(5),
+    );
+    let secrets = tools.job_secrets();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let args = json!({"v": VALUE, "b64": base64::engine::general_purpose::STANDARD.encode(VALUE)});
+    let result = tools
+        .call(&secrets, "leaky", &args.to_string(), deadline)
+        .await
+        .unwrap();
+    let handle = secrets.handle_for("api_key").unwrap();
+    let received = seen.lock().unwrap()[0].clone();
+    assert_eq!(received, json!({"v": handle, "b64": handle}));
+    assert!(
+        result.contains(&handle) && !result.contains(VALUE),
+        "{result}"
+    );
 }
