@@ -735,12 +735,25 @@ mod tests {
 
     #[test]
     fn what_a_value_is_found_in() {
-        let store = SecretStore::from_values([("a", "first-secret-1"), ("b", "second-secret-2")]);
+        let binding = Binding {
+            hosts: vec![HostPort::parse("a.example").unwrap()],
+            inject: Inject::Anywhere,
+        };
+        let store = SecretStore::from_bound([
+            ("a", "first-secret-1", Some(binding.clone())),
+            ("b", "second-secret-2", None),
+        ]);
         let job = store.for_job();
         let found = job.values_in("x?t=second%2Dsecret-2&u=first-secret-1");
         let mut names: Vec<&str> = found.iter().map(|s| s.name()).collect();
         names.sort();
         assert_eq!(names, ["a", "b"]);
+        let a = found.iter().find(|s| s.name() == "a").unwrap();
+        assert_eq!(a.binding(), Some(&binding));
+        assert_eq!(
+            binding.to_string(),
+            "anywhere in the request but the user info to `a.example`"
+        );
         assert!(job.values_in("nothing here").is_empty());
     }
 
