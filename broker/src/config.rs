@@ -8,6 +8,9 @@
 //! New sections (`[sessions]`, `[limits]`, ...) go in [`Config`] as a field with
 //! `#[serde(default)]` and their own struct with `deny_unknown_fields`.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -156,20 +159,56 @@ impl Config {
                 )));
             }
         }
-        if let Some(secrets) = &t.secrets_get
-            && secrets.enabled
-            && secrets.file.is_none()
-            && secrets.env.is_empty()
-        {
-            return Err(invalid(
-                "tools.\"secrets:get\" needs a `file`, an `env` list, or both",
-            ));
+        let http = t.http_fetch.as_ref().filter(|h| h.enabled);
+        if let Some(secrets) = t.secrets_get.as_ref().filter(|s| s.enabled) {
+            if secrets.file.is_none() && secrets.env.is_empty() {
+                return Err(invalid(
+                    "tools.\"secrets:get\" needs a `file`, an `env` list, or both",
+                ));
+            }
+            if secrets.names.is_empty() && secrets.secrets.is_empty() {
+                return Err(invalid(
+                    "tools.\"secrets:get\" makes no secret readable: add a [tools.\"secrets:get\".secrets.<name>] section for each (with `hosts` and `inject`)",
+                ));
+            }
+            for (name, binding) in &secrets.secrets {
+                let at = format!("tools.\"secrets:get\".secrets.{name}");
+                if binding.hosts.is_empty() {
+                    return Err(invalid(format!(
+                        "{at}.hosts is empty: name the hosts this secret may be sent to"
+                    )));
+                }
+                for host in &binding.hosts {
+                    let bound = HostPort::parse(host)
+                        .map_err(|e| invalid(format!("{at}.hosts: `{host}`: {e}")))?;
+                    // Only a diagnostic: requests are checked against both lists anyway.
+                    if let Some(http) = http
+                        && !http
+                            .allow_hosts
+                            .iter()
+                            .filter_map(|a| HostPort::parse(a).ok())
+                            .any(|a| a.host == bound.host)
+                    {
+                        return Err(invalid(format!(
+                            "{at}.hosts: `{host}` is not in tools.\"http:fetch\".allow_hosts, so the secret could never be sent there"
+                        )));
+                    }
+                }
+            }
         }
         if let Some(http) = &t.http_fetch {
             for host in &http.allow_hosts {
-                HostPort::parse(host).map_err(|e| {
+                let entry = HostPort::parse(host).map_err(|e| {
                     invalid(format!("tools.\"http:fetch\".allow_hosts: `{host}`: {e}"))
                 })?;
+                if !http.allow_private_ips
+                    && let Some(ip) = entry.ip()
+                    && let Some(kind) = crate::tools::http::address::non_public(ip)
+                {
+                    return Err(invalid(format!(
+                        "tools.\"http:fetch\".allow_hosts: `{host}` is a {kind} address, which http:fetch only reaches with `allow_private_ips = true`"
+                    )));
+                }
             }
             if http.max_response_bytes == 0 || http.max_response_bytes > MAX_HTTP_RESPONSE_BYTES {
                 return Err(invalid(format!(
@@ -259,7 +298,7 @@ impl Default for EchoConfig {
     }
 }
 
-/// Where secrets come from and which ones scripts may ask for.
+/// Where secrets come from, which ones scripts may ask for, and where each may be sent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
@@ -271,12 +310,126 @@ pub struct SecretsConfig {
     /// ignoring ASCII case (`API_KEY` is the secret `api_key`).
     #[serde(default)]
     pub env: Vec<String>,
-    /// The only names `secrets:get` answers for. Each must be found in `file` or `env`
-    /// when the broker starts. A separate list, so that a secrets file shared with other
-    /// programs does not expose all of its entries to scripts.
+    /// `[tools."secrets:get".secrets.<name>]`: the secrets `secrets:get` answers for, each
+    /// with the hosts it may be sent to and where in the request. Each must be found in
+    /// `file` or `env` when the broker starts. Listed separately from the sources, so
+    /// that a secrets file shared with other programs does not expose all of its entries.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretBinding>,
+    /// Readable secrets without a binding: `secrets:get` answers with a handle, and
+    /// `http:fetch` sends it nowhere. The list that came before bindings, kept so that
+    /// such configs still start, with a warning per name, and stay safe.
+    #[serde(default)]
     pub names: Vec<String>,
     #[serde(default = "default_tool_timeout")]
     pub timeout_ms: u64,
+}
+
+impl SecretsConfig {
+    /// Every name `secrets:get` answers for: the bound ones, then `names`.
+    pub fn readable(&self) -> impl Iterator<Item = &str> {
+        self.secrets
+            .keys()
+            .map(String::as_str)
+            .chain(self.names.iter().map(String::as_str))
+    }
+}
+
+/// Where one secret may go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretBinding {
+    /// `host:port` or `host`, as in `allow_hosts`: the only destinations of the value.
+    pub hosts: Vec<String>,
+    /// Where in the request the value may be placed.
+    pub inject: Inject,
+}
+
+/// Where in a request a secret's value may be placed. The script still places the
+/// handle itself; a handle anywhere else is refused, never filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inject {
+    /// `{ header = "Authorization", format = "Bearer {}" }`: only as this header, whose
+    /// value is `format` with the secret in place of `{}`. The script writes the handle
+    /// alone, or `format` with the handle in place of `{}`.
+    Header { name: String, format: String },
+    /// `{ query = "key" }`: only as the whole value of this query parameter.
+    Query { name: String },
+    /// `"anywhere"`: wherever the script puts the handle in the URL's path or query, in
+    /// headers or in the body (never the user info). The opt-in for APIs that need it:
+    /// a host that echoes requests back can then be made to reveal the value piecewise.
+    Anywhere,
+}
+
+const INJECT_SHAPES: &str = r#"expected `inject = { header = "Name", format = "Prefix {}" }` (format optional), `inject = { query = "name" }` or `inject = "anywhere"`"#;
+
+impl<'de> Deserialize<'de> for Inject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Inject, D::Error> {
+        let value = toml::Value::deserialize(deserializer)?;
+        Inject::from_toml(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Inject {
+    fn from_toml(value: &toml::Value) -> Result<Inject, String> {
+        let table = match value {
+            toml::Value::String(s) if s == "anywhere" => return Ok(Inject::Anywhere),
+            toml::Value::Table(table) => table,
+            _ => return Err(INJECT_SHAPES.into()),
+        };
+        if let Some(key) = table
+            .keys()
+            .find(|k| !["header", "format", "query"].contains(&k.as_str()))
+        {
+            return Err(format!("unknown key `{key}`; {INJECT_SHAPES}"));
+        }
+        let text = |key: &str| {
+            table
+                .get(key)
+                .map(|v| v.as_str().ok_or(format!("`{key}` must be a string")))
+                .transpose()
+        };
+        match (text("header")?, text("format")?, text("query")?) {
+            (Some(header), format, None) => {
+                let name = reqwest::header::HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| format!("`{header}` is not a valid header name"))?;
+                if crate::tools::http::FORBIDDEN_HEADERS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "header `{header}` frames the request; a secret may not be sent in it"
+                    ));
+                }
+                let format = format.unwrap_or("{}");
+                if format.matches("{}").count() != 1 {
+                    return Err(format!(
+                        "format `{format}` must contain `{{}}` exactly once (where the secret goes)"
+                    ));
+                }
+                if reqwest::header::HeaderValue::from_str(format).is_err() {
+                    return Err(format!(
+                        "format `{format}` has characters not allowed in a header"
+                    ));
+                }
+                Ok(Inject::Header {
+                    name: header.to_string(),
+                    format: format.to_string(),
+                })
+            }
+            (None, None, Some(query)) if !query.is_empty() => Ok(Inject::Query {
+                name: query.to_string(),
+            }),
+            _ => Err(INJECT_SHAPES.into()),
+        }
+    }
+}
+
+impl fmt::Display for Inject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Inject::Header { name, format } => write!(f, "as the header `{name}: {format}`"),
+            Inject::Query { name } => write!(f, "as the query parameter `{name}`"),
+            Inject::Anywhere => f.write_str("anywhere in the request but the user info"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +440,12 @@ pub struct HttpFetchConfig {
     /// `host:port`, or `host` for the scheme's default port (80 / 443). Nothing else is
     /// reachable, including by redirect.
     pub allow_hosts: Vec<String>,
+    /// Whether loopback, private, link-local (where cloud metadata services answer),
+    /// unique-local and other non-public addresses may be reached. Off: such an address
+    /// is refused whether the URL names it or an allowed name resolves to it, so that a
+    /// DNS answer cannot turn an allowed name into a way into the broker's own network.
+    #[serde(default)]
+    pub allow_private_ips: bool,
     #[serde(default = "default_http_timeout")]
     pub timeout_ms: u64,
     #[serde(default = "default_http_max_response")]
@@ -443,6 +602,9 @@ pub struct HostPort {
 impl HostPort {
     pub fn parse(entry: &str) -> Result<HostPort, String> {
         let entry = entry.trim();
+        if entry.contains(['/', '@', '?', '#', '*']) {
+            return Err("expected host or host:port, without scheme, path or wildcard".into());
+        }
         let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
             let (v6, after) = rest
                 .split_once(']')
@@ -472,6 +634,15 @@ impl HostPort {
         Ok(HostPort { host, port })
     }
 
+    /// The address, when the entry is an IP literal rather than a name.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
+    }
+
     /// Whether `url` (http or https) points here.
     pub fn matches(&self, url: &reqwest::Url) -> bool {
         let Some(host) = url.host_str() else {
@@ -484,6 +655,15 @@ impl HostPort {
             Some(port) => url.port_or_known_default() == Some(port),
             // The url crate drops a port equal to the scheme's default.
             None => url.port().is_none(),
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => f.write_str(&self.host),
         }
     }
 }
@@ -554,34 +734,179 @@ mod tests {
         assert_eq!(c.jobs.deadline_margin_ms, DEFAULT_DEADLINE_MARGIN_MS);
     }
 
+    /// README's example, exactly.
+    const README_EXAMPLE: &str = r#"
+[tools.echo]                  # on by default: returns its arguments
+
+[tools."secrets:get"]         # {key} -> an opaque per-job handle, never the value
+file = "secrets.toml"         # name = "value" lines; and/or
+env = ["API_KEY", "MAPS_KEY"] # environment variables (API_KEY answers to api_key)
+
+[tools."secrets:get".secrets.api_key]        # readable, and where it may be sent:
+hosts = ["api.example.com"]                  # only to these hosts,
+inject = { header = "Authorization", format = "Bearer {}" }   # only as this header
+
+[tools."secrets:get".secrets.maps_key]
+hosts = ["maps.example.com"]
+inject = { query = "key" }    # only as the value of ?key=
+
+[tools."http:fetch"]          # also http:post and http:get; off unless configured
+allow_hosts = ["api.example.com", "maps.example.com", "10.0.0.7:8080"]
+allow_private_ips = true      # needed for 10.0.0.7; off by default
+timeout_ms = 5000
+max_response_bytes = 1048576
+
+[executors]                   # none: jobs run in the broker process
+endpoints = ["http://10.0.0.5:7701"]   # or: dns = "executor:7701" (re-resolved periodically)
+"#;
+
     #[test]
     fn full_example_parses() {
-        let c = parse(
-            r#"
-            [tools.echo]
-            [tools."secrets:get"]
-            file = "secrets.toml"
-            env = ["API_KEY"]
-            names = ["api_key"]
-            [tools."http:fetch"]
-            allow_hosts = ["127.0.0.1:8080", "api.example.com"]
-            timeout_ms = 5000
-            max_response_bytes = 1048576
-            [executors]
-            endpoints = ["http://10.0.0.5:7701"]
-            "#,
-        )
-        .unwrap();
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(README_EXAMPLE.trim()),
+            "README's example changed"
+        );
+        let c = parse(README_EXAMPLE).unwrap();
         let secrets = c.tools.secrets_get.unwrap();
         assert_eq!(
-            secrets.file.unwrap(),
-            Path::new("/etc/enclave/secrets.toml")
+            secrets.file.as_deref(),
+            Some(Path::new("/etc/enclave/secrets.toml"))
         );
-        assert_eq!(secrets.names, ["api_key"]);
+        assert_eq!(
+            secrets.readable().collect::<Vec<_>>(),
+            ["api_key", "maps_key"]
+        );
+        assert_eq!(secrets.secrets["api_key"].hosts, ["api.example.com"]);
+        assert_eq!(
+            secrets.secrets["api_key"].inject,
+            Inject::Header {
+                name: "Authorization".into(),
+                format: "Bearer {}".into()
+            }
+        );
+        assert_eq!(
+            secrets.secrets["maps_key"].inject,
+            Inject::Query { name: "key".into() }
+        );
         let http = c.tools.http_fetch.unwrap();
         assert_eq!(http.timeout_ms, 5000);
+        assert!(http.allow_private_ips);
         assert_eq!(http.max_redirects, DEFAULT_HTTP_MAX_REDIRECTS);
         assert!(!c.executors.is_embedded());
+    }
+
+    #[test]
+    fn secret_bindings_and_their_mistakes() {
+        let with = |binding: &str| {
+            parse(&format!(
+                "[tools.\"secrets:get\"]\nenv = [\"K\"]\n[tools.\"secrets:get\".secrets.k]\n{binding}\n[tools.\"http:fetch\"]\nallow_hosts = [\"a.com\"]\n"
+            ))
+        };
+        let inject = |c: Config| c.tools.secrets_get.unwrap().secrets["k"].inject.clone();
+        assert_eq!(
+            inject(with("hosts = [\"a.com\"]\ninject = \"anywhere\"").unwrap()),
+            Inject::Anywhere
+        );
+        assert_eq!(
+            inject(with("hosts = [\"a.com\"]\ninject = { header = \"X-Key\" }").unwrap()),
+            Inject::Header {
+                name: "X-Key".into(),
+                format: "{}".into()
+            }
+        );
+        for (binding, expected) in [
+            ("hosts = [\"a.com\"]", "missing field `inject`"),
+            ("inject = \"anywhere\"", "missing field `hosts`"),
+            ("hosts = []\ninject = \"anywhere\"", "hosts is empty"),
+            (
+                "hosts = [\"b.com\"]\ninject = \"anywhere\"",
+                "`b.com` is not in tools.\"http:fetch\".allow_hosts",
+            ),
+            (
+                "hosts = [\"http://a.com\"]\ninject = \"anywhere\"",
+                "without scheme",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = \"everywhere\"",
+                "expected `inject = ",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { header = \"X\", query = \"q\" }",
+                "expected `inject = ",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { query = \"\" }",
+                "expected `inject = ",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { heder = \"X\" }",
+                "unknown key `heder`",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { header = \"X\", format = \"Bearer\" }",
+                "must contain `{}` exactly once",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { header = \"X\", format = \"{} {}\" }",
+                "must contain `{}` exactly once",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { header = \"X\", format = \"a\\n{}\" }",
+                "not allowed in a header",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { header = \"Host\" }",
+                "frames the request",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { header = \"Bad Name\" }",
+                "not a valid header name",
+            ),
+            (
+                "hosts = [\"a.com\"]\ninject = { header = 1 }",
+                "`header` must be a string",
+            ),
+        ] {
+            let err = with(binding).unwrap_err().to_string();
+            assert!(err.contains(expected), "{binding}: {err}");
+        }
+        // A secrets section that makes nothing readable.
+        let err = parse("[tools.\"secrets:get\"]\nenv = [\"K\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("makes no secret readable"), "{err}");
+        // The shape from before bindings still parses (its secrets are bound nowhere).
+        let c = parse("[tools.\"secrets:get\"]\nenv = [\"K\"]\nnames = [\"k\"]\n").unwrap();
+        assert_eq!(c.tools.secrets_get.unwrap().names, ["k"]);
+    }
+
+    #[test]
+    fn private_addresses_in_the_allow_list_need_the_opt_in() {
+        for host in [
+            "127.0.0.1:8080",
+            "10.0.0.7",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "169.254.169.254",
+            "[fd00::1]",
+        ] {
+            let text = format!("[tools.\"http:fetch\"]\nallow_hosts = [\"{host}\"]\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("only reaches with `allow_private_ips = true`"),
+                "{host}: {err}"
+            );
+            assert!(
+                parse(&format!("{text}allow_private_ips = true\n")).is_ok(),
+                "{host}"
+            );
+        }
+        // Names are checked when they resolve, not here.
+        assert!(
+            parse("[tools.\"http:fetch\"]\nallow_hosts = [\"localhost:80\", \"8.8.8.8\"]\n")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -340,7 +340,7 @@ impl Broker {
                         scrub_in_place(secrets, &mut console.text);
                         outbox.push(Output::Event(JobEvent::Console(console)));
                     }
-                    Some(Ok(Event::ToolCall(call))) => {
+                    Some(Ok(Event::ToolCall(mut call))) => {
                         tool_calls += 1;
                         if tool_calls > budget.max_tool_calls {
                             return Err(JobFailure::new(
@@ -348,11 +348,13 @@ impl Broker {
                                 format!("the executor broke the protocol: more tool calls than the job's limit of {}", budget.max_tool_calls),
                             ));
                         }
+                        // The event, the log line and the tool see handles, not values.
+                        scrub_in_place(secrets, &mut call.name);
+                        if let std::borrow::Cow::Owned(clean) = secrets.scrub_json_text(&call.args_json) {
+                            call.args_json = clean;
+                        }
                         tracing::debug!(tool = %call.name, call_id = call.call_id, "tool call");
-                        let mut shown = call.clone();
-                        scrub_in_place(secrets, &mut shown.name);
-                        scrub_in_place(secrets, &mut shown.args_json);
-                        outbox.push(Output::Event(JobEvent::ToolCall(shown)));
+                        outbox.push(Output::Event(JobEvent::ToolCall(call.clone())));
                         let tools = &self.tools;
                         let job_deadline = budget.job_deadline;
                         pending.push(async move {
@@ -506,21 +508,12 @@ fn scrub_in_place(secrets: &JobSecrets, text: &mut String) {
 fn scrub_final(secrets: &JobSecrets, mut final_event: FinalEvent) -> FinalEvent {
     match &mut final_event.outcome {
         Some(final_event::Outcome::ResultJson(json)) => {
-            // Replacing in the text keeps the script's key order; walking the parsed
-            // value is the fallback when a replacement broke the JSON.
-            if let std::borrow::Cow::Owned(clean) = secrets.scrub(json) {
-                if serde_json::from_str::<serde_json::Value>(&clean).is_ok() {
-                    *json = clean;
-                } else if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(json) {
-                    secrets.scrub_json(&mut value);
-                    *json = serde_json::to_string(&value).unwrap_or_else(|_| "null".into());
-                } else {
-                    *json = "null".into();
-                }
+            if let std::borrow::Cow::Owned(clean) = secrets.scrub_json_text(json) {
+                *json = clean;
             }
         }
         Some(final_event::Outcome::Error(error)) => {
-            for text in [&mut error.message, &mut error.stack] {
+            for text in [&mut error.name, &mut error.message, &mut error.stack] {
                 *text = secrets.scrub(text).into_owned();
             }
         }

@@ -3,9 +3,12 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML config; every default a named constant with its reason.
-//! - [`secrets`]: secret values, per-job handles, substitution and scrubbing.
+//! - [`secrets`]: secret values, their bindings (where each may be sent), per-job
+//!   handles, and scrubbing values out of everything that leaves (`secrets/scrub.rs`:
+//!   the encodings it undoes).
 //! - [`tools`]: the tool registry and the built-ins (`echo`, `secrets:get`,
-//!   `http:fetch` with its aliases `http:post` and `http:get`).
+//!   `http:fetch` with its aliases `http:post` and `http:get`; `tools/http/address.rs`:
+//!   which addresses it may reach).
 //! - [`pool`]: the [`Backend`] abstraction and [`RemotePool`] (executors over gRPC:
 //!   load balancing, health, retry before start, DNS discovery).
 //! - [`embedded`]: jobs in this process, when no executors are configured.

@@ -3,11 +3,19 @@
 //!
 //! The allow-list is the whole of a script's network reach, so it is checked on the URL
 //! as the script wrote it (before secret values are substituted: a handle placed in the
-//! host part can never make a DNS query carry a secret) and again on every redirect hop.
+//! host part can never make a DNS query carry a secret) and again on every redirect hop,
+//! and the addresses behind an allowed name must be public unless the config says
+//! otherwise ([`address`]). A secret's handle is filled in only where the secret's
+//! binding allows it: its hosts, its place in the request (one header, one query
+//! parameter, or anywhere but the user info for a secret that opted in). A handle
+//! anywhere else refuses the whole request; it is never sent, filled in or not.
 //! Redirects are followed here rather than by reqwest so that each hop can be checked
 //! and so that headers and bodies that carry a secret are never re-sent to another host.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
@@ -16,12 +24,14 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::{Tool, ToolContext, ToolError, ToolFuture, parse_args};
-use crate::config::{HostPort, HttpFetchConfig};
-use crate::secrets::{HANDLE_PREFIX, JobSecrets};
+use crate::config::{HostPort, HttpFetchConfig, Inject};
+use crate::secrets::{HANDLE_PREFIX, JobSecrets, Secret};
+
+pub mod address;
 
 /// Headers a script may not set: they frame the request (smuggling a second request to
 /// an allowed host, or confusing its proxy) or belong to the connection.
-const FORBIDDEN_HEADERS: &[&str] = &[
+pub(crate) const FORBIDDEN_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",
@@ -45,6 +55,7 @@ struct Shared {
     allow: Vec<HostPort>,
     /// For error messages: the allow-list as configured.
     allow_shown: String,
+    allow_private_ips: bool,
     max_response_bytes: u64,
     max_redirects: u32,
 }
@@ -59,18 +70,7 @@ pub struct HttpFetch {
 impl HttpFetch {
     /// The tool under each of its names.
     pub fn family(config: &HttpFetchConfig) -> Result<Vec<(&'static str, HttpFetch)>, String> {
-        let allow = config
-            .allow_hosts
-            .iter()
-            .map(|h| HostPort::parse(h))
-            .collect::<Result<Vec<_>, _>>()?;
-        let shared = Arc::new(Shared {
-            client: client()?,
-            allow,
-            allow_shown: config.allow_hosts.join(", "),
-            max_response_bytes: config.max_response_bytes,
-            max_redirects: config.max_redirects,
-        });
+        let shared = Arc::new(Shared::new(config, address::system_lookup())?);
         let tool = |fixed_method| HttpFetch {
             shared: shared.clone(),
             fixed_method,
@@ -83,9 +83,29 @@ impl HttpFetch {
     }
 }
 
+impl Shared {
+    fn new(config: &HttpFetchConfig, lookup: address::Lookup) -> Result<Shared, String> {
+        let allow = config
+            .allow_hosts
+            .iter()
+            .map(|h| HostPort::parse(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resolver = (!config.allow_private_ips).then(|| address::PublicOnly::new(lookup));
+        Ok(Shared {
+            client: client(resolver)?,
+            allow,
+            allow_shown: config.allow_hosts.join(", "),
+            allow_private_ips: config.allow_private_ips,
+            max_response_bytes: config.max_response_bytes,
+            max_redirects: config.max_redirects,
+        })
+    }
+}
+
 /// Redirects off (followed by hand), no proxy from the environment, TLS with the ring
-/// provider and the OS trust store.
-fn client() -> Result<reqwest::Client, String> {
+/// provider and the OS trust store, and (unless private addresses are allowed) the
+/// resolver that refuses them.
+fn client(resolver: Option<address::PublicOnly>) -> Result<reqwest::Client, String> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -95,11 +115,15 @@ fn client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("TLS trust store: {e}"))?
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .user_agent(concat!("enclave-broker/", env!("CARGO_PKG_VERSION")))
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(tls);
+    if let Some(resolver) = resolver {
+        builder = builder.dns_resolver(resolver);
+    }
+    builder
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))
 }
@@ -130,7 +154,7 @@ impl Tool for HttpFetch {
         Box::pin(async move {
             let args: Args = parse_args(args, USAGE)?;
             let request = self.prepare(cx.secrets, args)?;
-            self.shared.send(request).await
+            self.shared.send(cx.secrets, request).await
         })
     }
 }
@@ -164,11 +188,13 @@ impl HttpFetch {
             )));
         }
 
-        // The URL as written (handles, not values) decides where the request goes.
+        // The URL as written (handles, not values) decides where the request goes, and
+        // every handle in it must be allowed there before any is filled in.
         let written = Url::parse(&args.url)
             .map_err(|e| ToolError::bad_args(format!("`url` is not an absolute URL: {e}")))?;
         self.shared.check_destination(&written)?;
-        let url = Url::parse(&secrets.reveal_in_url(&args.url)).map_err(|_| {
+        check_url(secrets, &written)?;
+        let url = Url::parse(&secrets.reveal_in_url(written.as_str())).map_err(|_| {
             ToolError::bad_args("`url` is not valid once its secrets are filled in")
         })?;
         if origin(&url) != origin(&written) {
@@ -187,13 +213,33 @@ impl HttpFetch {
                     "header `{header}` is set by the broker, not the script"
                 )));
             }
-            let revealed = secrets.reveal(value);
+            let found = secrets.handles_in(value);
+            for handle in &found {
+                let place = Place::Header {
+                    name: &header,
+                    value,
+                    handle: &value[handle.range.clone()],
+                };
+                admit(&handle.secret, place, &written)?;
+            }
+            // A header-bound secret written as its handle alone gets its format.
+            let text: Cow<str> = match found.as_slice() {
+                [only] if only.range == (0..value.len()) => match only.secret.binding() {
+                    Some(b) => match &b.inject {
+                        Inject::Header { format, .. } => Cow::Owned(format.replace("{}", value)),
+                        _ => Cow::Borrowed(value),
+                    },
+                    None => Cow::Borrowed(value),
+                },
+                _ => Cow::Borrowed(value),
+            };
+            let revealed = secrets.reveal(&text);
             let mut header_value = HeaderValue::from_str(&revealed).map_err(|_| {
                 ToolError::bad_args(format!(
                     "header `{name}` has a value that is not allowed in HTTP"
                 ))
             })?;
-            if *revealed != *value {
+            if !found.is_empty() {
                 header_value.set_sensitive(true);
                 secret_headers.push(header.clone());
             }
@@ -203,11 +249,18 @@ impl HttpFetch {
         let (body, body_has_secret) = match args.body {
             None => (None, false),
             Some(serde_json::Value::String(text)) => {
+                let found = secrets.handles_in(&text);
+                for handle in &found {
+                    admit(&handle.secret, Place::Body, &written)?;
+                }
                 let revealed = secrets.reveal(&text);
-                let has = *revealed != text;
-                (Some(Zeroizing::new(revealed.as_bytes().to_vec())), has)
+                (
+                    Some(Zeroizing::new(revealed.as_bytes().to_vec())),
+                    !found.is_empty(),
+                )
             }
             Some(mut value) => {
+                check_json_body(secrets, &value, &written)?;
                 let has = reveal_json(secrets, &mut value);
                 let bytes = serde_json::to_vec(&value).map_err(|e| {
                     ToolError::bad_args(format!("`body` is not JSON-encodable: {e}"))
@@ -232,7 +285,171 @@ impl HttpFetch {
     }
 }
 
+/// Where in a request a handle was found.
+enum Place<'a> {
+    /// The path, the fragment, or the query other than a parameter's whole value.
+    Url,
+    /// The whole value of this query parameter (its name decoded).
+    Query(String),
+    Header {
+        name: &'a HeaderName,
+        value: &'a str,
+        handle: &'a str,
+    },
+    Body,
+}
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Url => f.write_str("in the URL"),
+            Place::Query(name) => write!(f, "in the query parameter `{name}`"),
+            Place::Header { name, value, .. } => write!(f, "in the header `{name}: {value}`"),
+            Place::Body => f.write_str("in the body"),
+        }
+    }
+}
+
+/// Whether `secret`'s binding lets its value go to `url`, at `place`.
+fn admit(secret: &Secret, place: Place<'_>, url: &Url) -> Result<(), ToolError> {
+    let name = secret.name();
+    let Some(binding) = secret.binding() else {
+        return Err(ToolError::denied(format!(
+            "secret `{name}` is not bound to any host, so http:fetch sends it nowhere (the broker's config binds it in [tools.\"secrets:get\".secrets.{name}])"
+        )));
+    };
+    if !binding.allows_host(url) {
+        return Err(ToolError::denied(format!(
+            "secret `{name}` may only be sent {binding}, not to `{}`",
+            host_port(url)
+        )));
+    }
+    let allowed = match (&binding.inject, &place) {
+        (Inject::Anywhere, _) => true,
+        (Inject::Query { name: bound }, Place::Query(key)) => bound == key,
+        (
+            Inject::Header {
+                name: bound,
+                format,
+            },
+            Place::Header {
+                name: header,
+                value,
+                handle,
+            },
+        ) => {
+            header.as_str().eq_ignore_ascii_case(bound)
+                && (value == handle || *value == format.replace("{}", handle))
+        }
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ToolError::denied(format!(
+            "secret `{name}` may only be sent {binding}; here it is {place}"
+        )))
+    }
+}
+
+/// Every handle in the URL is somewhere its secret may go. Found in the URL's full text
+/// and placed by offset, so that a handle cannot straddle two parts unseen (`user:pass`
+/// is split at the `:` that every handle has).
+fn check_url(secrets: &JobSecrets, url: &Url) -> Result<(), ToolError> {
+    use url::Position;
+    let text = url.as_str();
+    let at = |p: Position| url[..p].len();
+    let userinfo = at(Position::BeforeUsername)..at(Position::AfterPassword);
+    let host = at(Position::BeforeHost)..at(Position::AfterPort);
+    let query = at(Position::BeforeQuery)..at(Position::AfterQuery);
+    let in_userinfo = |secret: &Secret| {
+        ToolError::denied(format!(
+            "secret `{}` may not go in the URL's user info: it would be sent base64-encoded in an `Authorization: Basic` header, which no binding covers",
+            secret.name()
+        ))
+    };
+    // The URL parser percent-encodes the `:` of a handle in the password.
+    for part in [url.username(), url.password().unwrap_or_default()] {
+        let decoded = percent_encoding::percent_decode_str(part).decode_utf8_lossy();
+        if let Some(found) = secrets.handles_in(&decoded).first() {
+            return Err(in_userinfo(&found.secret));
+        }
+    }
+    for found in secrets.handles_in(text) {
+        let r = &found.range;
+        let overlaps = |p: &Range<usize>| r.start < p.end && p.start < r.end;
+        if overlaps(&userinfo) {
+            return Err(in_userinfo(&found.secret));
+        }
+        if overlaps(&host) {
+            return Err(ToolError::denied(
+                "a secret may not change where a request goes",
+            ));
+        }
+        let place = if query.start <= r.start && r.end <= query.end {
+            query_place(
+                &text[query.clone()],
+                r.start - query.start..r.end - query.start,
+            )
+        } else {
+            Place::Url
+        };
+        admit(&found.secret, place, url)?;
+    }
+    Ok(())
+}
+
+/// A handle at `r` in `query`: the whole value of a parameter, or somewhere else.
+fn query_place(query: &str, r: Range<usize>) -> Place<'static> {
+    let start = query[..r.start].rfind('&').map_or(0, |i| i + 1);
+    let end = query[r.end..].find('&').map_or(query.len(), |i| r.end + i);
+    match query[start..end].split_once('=') {
+        Some((key, _)) if start + key.len() + 1 == r.start && r.end == end => {
+            let key = key.replace('+', " ");
+            Place::Query(
+                percent_encoding::percent_decode_str(&key)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        }
+        _ => Place::Url,
+    }
+}
+
+/// Every handle in a JSON body is somewhere its secret may go.
+fn check_json_body(
+    secrets: &JobSecrets,
+    value: &serde_json::Value,
+    url: &Url,
+) -> Result<(), ToolError> {
+    let check = |text: &str| {
+        secrets
+            .handles_in(text)
+            .iter()
+            .try_for_each(|h| admit(&h.secret, Place::Body, url))
+    };
+    match value {
+        serde_json::Value::String(s) => check(s),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| check_json_body(secrets, v, url)),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            // Keys are not filled in (nor could they be wiped afterwards).
+            if let Some(h) = secrets.handles_in(k).first() {
+                return Err(ToolError::denied(format!(
+                    "secret `{}` may not be a key of the body, only a value",
+                    h.secret.name()
+                )));
+            }
+            check_json_body(secrets, v, url)
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Shared {
+    /// The scheme, the allow-list, and (for an IP literal, which no resolver sees) the
+    /// address. Names are checked by the resolver, when reqwest connects.
     fn check_destination(&self, url: &Url) -> Result<(), ToolError> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ToolError::denied(format!(
@@ -251,10 +468,22 @@ impl Shared {
                 }
             )));
         }
+        if !self.allow_private_ips
+            && let Some(refusal) = url
+                .host_str()
+                .and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse().ok())
+                .and_then(address::NonPublic::literal)
+        {
+            return Err(ToolError::denied(refusal.to_string()));
+        }
         Ok(())
     }
 
-    async fn send(&self, mut request: Prepared) -> Result<serde_json::Value, ToolError> {
+    async fn send(
+        &self,
+        secrets: &JobSecrets,
+        mut request: Prepared,
+    ) -> Result<serde_json::Value, ToolError> {
         let mut hops = 0;
         let response = loop {
             let mut builder = self
@@ -281,6 +510,24 @@ impl Shared {
             let next = next?;
             self.check_destination(&next)
                 .map_err(|e| ToolError::denied(format!("redirect refused: {e}")))?;
+            // The service wrote this URL: a secret value in it (echoed from this
+            // request) goes on only where the secret may be sent in a URL.
+            for secret in secrets.values_in(next.as_str()) {
+                let allowed = secret.binding().filter(|b| {
+                    b.allows_host(&next)
+                        && matches!(b.inject, Inject::Query { .. } | Inject::Anywhere)
+                });
+                if allowed.is_none() {
+                    return Err(ToolError::denied(format!(
+                        "redirect to `{}` refused: its URL carries the value of secret `{}`, which may only be sent {}",
+                        host_port(&next),
+                        secret.name(),
+                        secret
+                            .binding()
+                            .map_or_else(|| "nowhere".to_string(), |b| b.to_string())
+                    )));
+                }
+            }
             let status = response.status();
             if status == StatusCode::SEE_OTHER
                 || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
@@ -460,8 +707,12 @@ fn describe(url: &Url, error: reqwest::Error) -> ToolError {
     };
     let mut causes = Vec::new();
     let error = error.without_url();
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&error);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&error);
     while let Some(cause) = source {
+        // The resolver refused the name's addresses: a refusal, and its own message.
+        if let Some(refusal) = cause.downcast_ref::<address::NonPublic>() {
+            return ToolError::denied(refusal.to_string());
+        }
         causes.push(cause.to_string());
         source = cause.source();
     }
@@ -469,5 +720,78 @@ fn describe(url: &Url, error: reqwest::Error) -> ToolError {
     match causes.last() {
         Some(root) => ToolError::failed(format!("{what}: {root}")),
         None => ToolError::failed(what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config(allow: &str) -> HttpFetchConfig {
+        HttpFetchConfig {
+            enabled: true,
+            allow_hosts: vec![allow.into()],
+            allow_private_ips: false,
+            timeout_ms: 1_000,
+            max_response_bytes: 1 << 20,
+            max_redirects: 2,
+        }
+    }
+
+    /// A rebinding DNS server answers the check with a public address and the connection
+    /// with loopback. There is only one lookup, and the connection uses its answer.
+    #[tokio::test]
+    async fn the_connection_goes_to_the_address_that_was_checked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let count = lookups.clone();
+        let lookup: address::Lookup = Arc::new(move |_name: String| {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                // TEST-NET addresses are refused too; this one is public, and nothing here
+                // answers on it.
+                let public = "1.1.1.1".parse().unwrap();
+                Ok(vec![if n == 0 {
+                    public
+                } else {
+                    "127.0.0.1".parse().unwrap()
+                }])
+            })
+        });
+        let shared =
+            Arc::new(Shared::new(&config(&format!("rebind.test:{port}")), lookup).unwrap());
+        let tool = HttpFetch {
+            shared,
+            fixed_method: None,
+        };
+        let secrets = JobSecrets::none();
+        let cx = ToolContext {
+            name: "http:fetch",
+            secrets: &secrets,
+            deadline: tokio::time::Instant::now() + Duration::from_secs(1),
+        };
+        for _ in 0..2 {
+            let args = serde_json::json!({"url": format!("http://rebind.test:{port}/")});
+            let outcome = tokio::time::timeout(Duration::from_secs(1), tool.call(&cx, args)).await;
+            assert!(!matches!(outcome, Ok(Ok(_))), "{outcome:?}");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "connected to the second answer"
+        );
+        assert_eq!(lookups.load(Ordering::SeqCst), 2, "one lookup per request");
     }
 }

@@ -3,8 +3,10 @@
 //! Tools run in the broker, never on an executor: executors hold no secrets and make
 //! no outbound connections. A tool's error becomes the message of the Error the
 //! script's promise rejects with (the guest prefixes `tool <name> failed: `), so it must
-//! be clear to the script's author and must not carry secrets (every result and error
-//! is scrubbed here, whatever the tool did).
+//! be clear to the script's author and must not carry secrets. Scrubbing happens here,
+//! whatever the tool does: its arguments before it runs (a value the script somehow
+//! holds arrives as its handle, which is then only usable where its binding allows),
+//! and its result and error after.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -155,7 +157,7 @@ impl Tools {
     }
 
     /// Runs one call: `args_json` in, the result's JSON out. Ends by `job_deadline` at the
-    /// latest. The result and error are scrubbed of secret values.
+    /// latest. The arguments, the result and the error are scrubbed of secret values.
     pub async fn call(
         &self,
         secrets: &JobSecrets,
@@ -167,11 +169,13 @@ impl Tools {
             .call_inner(secrets, name, args_json, job_deadline)
             .await;
         match outcome {
-            Ok(mut value) => {
-                secrets.scrub_json(&mut value);
+            Ok(value) => {
                 let json = serde_json::to_string(&value).map_err(|e| {
                     ToolError::failed(format!("the result is not JSON-encodable: {e}"))
                 })?;
+                // Scrubbing the text is much quicker than walking the value, and the
+                // JSON escapes in it are among the encodings scrubbing undoes.
+                let json = secrets.scrub_json_text(&json).into_owned();
                 if json.len() > MAX_RESULT_BYTES {
                     return Err(ToolError::failed(format!(
                         "the result is {} bytes of JSON; at most {MAX_RESULT_BYTES} can be returned",
@@ -206,7 +210,7 @@ impl Tools {
                 format!("unknown tool `{name}`; this broker has: {available}"),
             ));
         };
-        let args: serde_json::Value = serde_json::from_str(args_json)
+        let args: serde_json::Value = serde_json::from_str(&secrets.scrub_json_text(args_json))
             .map_err(|e| ToolError::bad_args(format!("arguments are not JSON: {e}")))?;
         let now = Instant::now();
         let deadline = (now + registered.timeout).min(job_deadline);

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
 use enclave_proto::v1::{Suite, stream_event};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,7 +57,7 @@ async fn a_secret_is_used_but_never_seen() {
     std::fs::write(
         &config,
         format!(
-            "[tools.\"secrets:get\"]\nenv = [\"API_KEY\"]\nnames = [\"api_key\"]\n\n[tools.\"http:fetch\"]\nallow_hosts = [\"127.0.0.1:{port}\"]\n"
+            "[tools.\"secrets:get\"]\nenv = [\"API_KEY\"]\n\n[tools.\"secrets:get\".secrets.api_key]\nhosts = [\"127.0.0.1:{port}\"]\ninject = {{ header = \"Authorization\", format = \"Bearer {{}}\" }}\n\n[tools.\"http:fetch\"]\nallow_hosts = [\"127.0.0.1:{port}\"]\nallow_private_ips = true\n"
         ),
     )
     .unwrap();
@@ -65,11 +66,17 @@ async fn a_secret_is_used_but_never_seen() {
         &[("API_KEY", SECRET)],
     );
     let mut raw = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    // The client knows the value; a script that held it (here: in its code) still
+    // cannot get it out, raw or base64-encoded, through any event or the log.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"));
     let code = format!(
         "const key = await callTool('secrets:get', {{key: 'api_key'}});
          console.log('the key is', key);
          const res = await callTool('http:post', {{url: 'http://127.0.0.1:{port}/data', headers: {{Authorization: 'Bearer ' + key}}, body: {{x: 1}}}});
          console.log('response', res.body);
+         await callTool('echo', {{leak: '{SECRET}', b64: '{b64}'}});
+         try {{ await callTool('{SECRET}', {{}}); }} catch (e) {{ console.log(e.message); }}
+         console.log('{b64}');
          return {{key, res}};"
     );
     let (events, _) = raw.stream(&code).await.unwrap();
@@ -86,14 +93,17 @@ async fn a_secret_is_used_but_never_seen() {
         "{last:?}"
     );
     // ...and nothing the client received contains the value, in any form.
+    let core = &b64[8..b64.len() - 4];
     for event in &events {
         let bytes = event.encode_to_vec();
         let text = format!("{event:?}");
-        assert!(!text.contains(SECRET), "secret leaked in {text}");
-        assert!(
-            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
-            "secret leaked in {text}"
-        );
+        for form in [SECRET, core] {
+            assert!(!text.contains(form), "`{form}` leaked in {text}");
+            assert!(
+                !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+                "`{form}` leaked in {text}"
+            );
+        }
     }
     // The tool call shows the handle the script had, not the value.
     let tool_calls: Vec<String> = events
@@ -109,6 +119,19 @@ async fn a_secret_is_used_but_never_seen() {
             .any(|a| a.contains("Bearer enclave-secret:")),
         "{tool_calls:?}"
     );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(&e.event, Some(stream_event::Event::ToolCall(c)) if c.name.starts_with("enclave-secret:")))
+            .count(),
+        1,
+        "the value as a tool name became its handle"
+    );
     // Nor does the broker's log, at debug level.
-    assert!(!broker.log().contains(SECRET), "secret in the broker log");
+    let log = broker.log();
+    assert!(log.contains("tool call"), "{log}");
+    assert!(
+        !log.contains(SECRET) && !log.contains(core),
+        "secret in the broker log"
+    );
 }

@@ -8,11 +8,23 @@ use serde_json::json;
 
 use crate::support::*;
 
+/// `http:fetch` allowed to reach these servers (on 127.0.0.1, hence the opt-in).
 fn http_tools(allow: &[&HttpServer], max_response_bytes: u64, timeout_ms: u64) -> Tools {
+    let hosts: Vec<String> = allow.iter().map(|s| s.host()).collect();
+    tools_for(&hosts, true, max_response_bytes, timeout_ms)
+}
+
+fn tools_for(
+    hosts: &[String],
+    allow_private_ips: bool,
+    max_response_bytes: u64,
+    timeout_ms: u64,
+) -> Tools {
     let config = ToolsConfig {
         http_fetch: Some(HttpFetchConfig {
             enabled: true,
-            allow_hosts: allow.iter().map(|s| s.host()).collect(),
+            allow_hosts: hosts.to_vec(),
+            allow_private_ips,
             timeout_ms,
             max_response_bytes,
             max_redirects: 2,
@@ -252,4 +264,83 @@ async fn http_is_off_unless_configured() {
     )
     .await;
     assert!(msg.contains("unknown tool `http:get`"), "{msg}");
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_without_the_opt_in() {
+    let server = HttpServer::echo().await;
+    let port = server.addr.port();
+    // Built in code, so not refused at start-up as a config file would be: the check
+    // when sending is what this tests.
+    let hosts: Vec<String> = [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        "169.254.169.254".to_string(),
+        "10.0.0.1:8080".to_string(),
+    ]
+    .into();
+    let broker = broker(tools_for(&hosts, false, 1 << 20, 5_000)).await;
+    let refused = |what: &str, addr: &str, kind: &str| {
+        format!(
+            "tool http:get failed: {what} {addr}, a {kind} address; http:fetch reaches only public addresses unless the broker's config sets `allow_private_ips = true`"
+        )
+    };
+    for (url, expected) in [
+        (
+            format!("http://127.0.0.1:{port}/"),
+            refused("the URL names", "127.0.0.1", "loopback"),
+        ),
+        // Another spelling of the same address (the URL parser normalises it).
+        (
+            format!("http://2130706433:{port}/"),
+            refused("the URL names", "127.0.0.1", "loopback"),
+        ),
+        (
+            format!("http://[::1]:{port}/"),
+            refused("the URL names", "::1", "loopback"),
+        ),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            refused("the URL names", "::ffff:127.0.0.1", "loopback"),
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            refused(
+                "the URL names",
+                "169.254.169.254",
+                "link-local (cloud metadata services answer there)",
+            ),
+        ),
+        (
+            "http://10.0.0.1:8080/".to_string(),
+            refused("the URL names", "10.0.0.1", "private"),
+        ),
+    ] {
+        let msg = message(&broker, &format!("callTool('http:get', {{url: '{url}'}})")).await;
+        assert_eq!(msg, expected, "{url}");
+    }
+    // A name that resolves to loopback: refused by the resolver, before connecting.
+    let msg = message(
+        &broker,
+        &format!("callTool('http:get', {{url: 'http://localhost:{port}/'}})"),
+    )
+    .await;
+    let resolved =
+        ["127.0.0.1", "::1"].map(|addr| refused("`localhost` resolves to", addr, "loopback"));
+    assert!(resolved.contains(&msg), "{msg}");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    // With the opt-in, the same names reach the server.
+    let broker = crate::support::broker(tools_for(&hosts, true, 1 << 20, 5_000)).await;
+    for host in ["127.0.0.1", "localhost"] {
+        let msg = message(
+            &broker,
+            &format!("callTool('http:get', {{url: 'http://{host}:{port}/'}})"),
+        )
+        .await;
+        assert_eq!(msg, "ok", "{host}");
+    }
+    assert_eq!(server.requests().len(), 2);
 }
