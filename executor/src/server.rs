@@ -151,7 +151,7 @@ impl Executor for ExecutorService {
         ));
         Ok(Response::new(Box::pin(JobStream {
             job: running,
-            fault,
+            fault: Some(fault),
             seq: 0,
             done: false,
             _finished: finished.drop_guard(),
@@ -220,7 +220,8 @@ async fn read_requests(
 /// ends it with that fault instead. Dropping it (the caller went away) stops the job.
 struct JobStream {
     job: RunningJob,
-    fault: oneshot::Receiver<Status>,
+    /// `None` once the reader has finished, with or without a fault.
+    fault: Option<oneshot::Receiver<Status>>,
     seq: u64,
     done: bool,
     /// Lets the request reader go once the response is over.
@@ -234,9 +235,15 @@ impl Stream for JobStream {
         if self.done {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(Ok(status)) = Pin::new(&mut self.fault).poll(cx) {
-            self.done = true;
-            return Poll::Ready(Some(Err(status)));
+        if let Some(fault) = self.fault.as_mut()
+            && let Poll::Ready(fault) = Pin::new(fault).poll(cx)
+        {
+            // A oneshot may be polled only until it is ready.
+            self.fault = None;
+            if let Ok(status) = fault {
+                self.done = true;
+                return Poll::Ready(Some(Err(status)));
+            }
         }
         let item = match std::task::ready!(Pin::new(&mut self.job).poll_next(cx)) {
             Some(Ok(event)) => {

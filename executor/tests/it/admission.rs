@@ -169,3 +169,24 @@ async fn more_tool_results_than_the_job_may_make_calls_are_refused() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_caller_that_closes_its_side_after_the_job_gets_every_event() {
+    // What grpcurl does: the job, then end of stream, before any event comes back. The
+    // reader is done at once; the response must still carry the job to its end.
+    for _ in 0..40 {
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(RunRequest {
+            msg: Some(Msg::Job(job("console.log('hi'); return 6 * 7"))),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        let mut stream = open_run(server(), rx).await;
+        let mut events = Vec::new();
+        while let Some(event) = stream.message().await.expect("the stream ends cleanly") {
+            events.extend(event.event);
+        }
+        assert_eq!(events.len(), 2, "{events:?}");
+    }
+}
