@@ -7,6 +7,8 @@
 //! - [`wasi`]: the handful of WASI functions the guest's libc needs, stubbed.
 //! - [`limits`]: security-level presets, overrides, ceilings.
 //! - [`server`]: the `enclave.v1.Executor` gRPC service, health, reflection, draining.
+//! - [`listener`]: the connection loop and policy every listener (broker and executor)
+//!   serves with: connection cap, timeouts, TLS handshake cap, request memory budget.
 //! - [`runtime`]: the server binaries' tokio runtime (`--worker-threads`) and logs (`ENCLAVE_LOG`).
 //!
 //! Executors hold no secrets and make no outbound connections: a script reaches the
@@ -15,6 +17,7 @@
 mod epoch;
 pub mod host;
 pub mod limits;
+pub mod listener;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

@@ -6,5 +6,6 @@ mod support;
 mod attacks;
 mod auth;
 mod executors;
+mod floods;
 mod secrets;
 mod sessions;
