@@ -506,8 +506,14 @@ async fn connection<S, B>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = idle(&connections, &state), if !closing && !draining => {
-                closing = true;
                 connections.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                // A peer that never completed a request has nothing to drain (and an
+                // HTTP/2 peer that never sent its preface cannot take a GOAWAY).
+                if state.requests.load(Ordering::Acquire) == 0 {
+                    tracing::debug!(%peer, "closing a connection that sent no request in time");
+                    return;
+                }
+                closing = true;
                 tracing::debug!(%peer, "closing an idle connection");
                 conn.as_mut().graceful_shutdown();
                 grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);

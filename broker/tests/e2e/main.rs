@@ -5,6 +5,7 @@ mod support;
 
 mod attacks;
 mod auth;
+mod connections;
 mod executors;
 mod floods;
 mod secrets;

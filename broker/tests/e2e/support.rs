@@ -51,8 +51,26 @@ impl Broker {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::spawn(
+            Command::new(env!("CARGO_BIN_EXE_enclave-broker")),
+            args,
+            env,
+        )
+    }
+
+    /// The broker under a file descriptor limit of `fds` (`ulimit -n`).
+    pub fn start_with_fd_limit(args: &[&str], fds: u32) -> Broker {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_enclave-broker"));
+        Broker::spawn(command, args, &[])
+    }
+
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Broker {
         let identity = temp_path("broker.key");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_enclave-broker"))
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--identity"])
             .arg(&identity)
             .args(args)
