@@ -8,5 +8,6 @@ mod auth;
 mod connections;
 mod executors;
 mod floods;
+mod memory;
 mod secrets;
 mod sessions;
