@@ -373,6 +373,9 @@ struct EncryptedRequest {
     ciphertext: String,
 }
 
+/// A legacy session, the script of its request and the request's job slot.
+type OpenedJob = (Arc<Session<LegacyKeys>>, String, JobSlot<LegacyKeys>);
+
 /// The session, the decrypted script and a job slot for an `/execute` or
 /// `/execute/stream` request. The request's IV is remembered only once it has its slot,
 /// so refused requests fill nothing.
@@ -380,7 +383,7 @@ fn open_job(
     api: &LegacyApi,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Arc<Session<LegacyKeys>>, String, JobSlot<LegacyKeys>), LegacyError> {
+) -> Result<OpenedJob, LegacyError> {
     let session = session(&api.sessions, headers)?;
     let body = body.map_err(rejected)?;
     let request: EncryptedRequest = serde_json::from_slice(&body).map_err(|e| {
