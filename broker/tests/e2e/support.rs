@@ -58,6 +58,14 @@ impl Broker {
         )
     }
 
+    /// Another build of the broker (`ENCLAVE_BROKER_BIN`, for before/after figures), or
+    /// this one.
+    pub fn start_measured(args: &[&str]) -> Broker {
+        let bin = std::env::var("ENCLAVE_BROKER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_enclave-broker").to_owned());
+        Broker::spawn(Command::new(bin), args, &[])
+    }
+
     /// The broker under a file descriptor limit of `fds` (`ulimit -n`).
     pub fn start_with_fd_limit(args: &[&str], fds: u32) -> Broker {
         let mut command = Command::new("sh");
