@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&encoded)?
         .ignore_unknown_fields()
         .build(&[".enclave.v1"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // src/codec.rs: a message that does not decode is INVALID_ARGUMENT, not INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ProstCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -558,6 +558,7 @@ fn idle_session_memory() {
     let server = enclave_proto::ServerConfig::new(identity.clone());
     let store = SessionStore::new(SessionLimits {
         max_sessions: N + 1,
+        max_unused: N + 1,
         ..SessionLimits::default()
     });
     // Client hellos made first, so only the broker's side is counted.
@@ -571,7 +572,7 @@ fn idle_session_memory() {
     let before = rss_bytes();
     for hello in &hellos {
         let (session, _) = enclave_proto::handshake::accept(&server, hello).unwrap();
-        store.insert(session).unwrap();
+        store.insert(session, None).unwrap();
     }
     let after = rss_bytes();
     println!(

@@ -44,10 +44,11 @@ struct ServeArgs {
     /// warning when that port is taken; an address given here must bind].
     #[arg(long, env = "ENCLAVE_HTTP_LISTEN")]
     http_listen: Option<enclave_broker::http::HttpListen>,
-    /// Serve the legacy, seed-compatible endpoints (`/handshake`, `/execute`,
-    /// `/execute/stream`); `--legacy-api=false` answers them 404. See README.md for
-    /// their weaknesses.
-    #[arg(long, env = "ENCLAVE_LEGACY_API", default_value_t = true, num_args = 0..=1, require_equals = true,
+    /// Also serve the legacy, seed-compatible endpoints (`/handshake`, `/execute`,
+    /// `/execute/stream`) for clients that cannot move to protocol v1 yet; without it
+    /// they answer 404. Weak by design (README.md): no server authentication, no key
+    /// derivation, no associated data, no sequence numbers.
+    #[arg(long, env = "ENCLAVE_LEGACY_API", default_value_t = false, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     legacy_api: bool,
     /// TOML config: tools, executors, job settings (see README.md).
@@ -84,9 +85,65 @@ struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "ENCLAVE_TLS_KEY")]
     tls_key: Option<PathBuf>,
-    /// Seconds of inactivity after which a session expires.
+    /// Seconds of inactivity after which a session that has run a job expires.
     #[arg(long, env = "ENCLAVE_SESSION_IDLE_SECS", default_value_t = 15 * 60)]
     session_idle_secs: u64,
+    /// Seconds a session that has not run a job yet lives after its last request.
+    #[arg(long, env = "ENCLAVE_UNUSED_SESSION_SECS", default_value_t = enclave_broker::session::DEFAULT_UNUSED_TIMEOUT.as_secs())]
+    unused_session_secs: u64,
+    /// Sessions that have not run a job yet held at once; past it the oldest goes.
+    #[arg(long, env = "ENCLAVE_MAX_UNUSED_SESSIONS", default_value_t = enclave_broker::session::DEFAULT_MAX_UNUSED,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_unused_sessions: usize,
+    /// Sessions that have not run a job yet per source address (IPv4 address, IPv6
+    /// /64); more handshakes from it get RESOURCE_EXHAUSTED. 0: no per-source cap (a
+    /// broker behind a proxy sees one address for every client).
+    #[arg(long, env = "ENCLAVE_MAX_UNUSED_SESSIONS_PER_SOURCE", default_value_t = enclave_broker::session::DEFAULT_MAX_UNUSED_PER_SOURCE)]
+    max_unused_sessions_per_source: usize,
+    /// Seconds from a ClientHello to its ClientAuth (with --allow-client).
+    #[arg(long, env = "ENCLAVE_CLIENT_AUTH_SECS", default_value_t = enclave_broker::session::DEFAULT_AUTH_TIMEOUT.as_secs())]
+    client_auth_secs: u64,
+    /// Sessions waiting for their ClientAuth held at once (with --allow-client); past
+    /// it the oldest goes.
+    #[arg(long, env = "ENCLAVE_MAX_PENDING_AUTH", default_value_t = enclave_broker::session::DEFAULT_MAX_PENDING_AUTH,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pending_auth: usize,
+    /// Request IVs all legacy sessions together remember (to refuse replays); past it
+    /// legacy requests get 429 until sessions expire.
+    #[arg(long, env = "ENCLAVE_MAX_LEGACY_IVS", default_value_t = enclave_broker::session::DEFAULT_MAX_LEGACY_IVS)]
+    max_legacy_ivs: usize,
+    /// Client connections open at once, both listeners together (lowered to fit the
+    /// file descriptor limit); at the cap an idle connection makes room, or the new one
+    /// is refused.
+    #[arg(long, env = "ENCLAVE_MAX_CONNECTIONS", default_value_t = enclave_executor::listener::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+    /// TLS handshakes in progress at once; more connections are closed at once.
+    #[arg(long, env = "ENCLAVE_MAX_TLS_HANDSHAKES", default_value_t = enclave_executor::listener::DEFAULT_MAX_TLS_HANDSHAKES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_tls_handshakes: usize,
+    /// Seconds for a new connection's first request headers (HTTP: every request's).
+    #[arg(long, env = "ENCLAVE_HEADER_TIMEOUT_SECS", default_value_t = enclave_executor::listener::DEFAULT_REQUEST_HEADER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_secs: u64,
+    /// Seconds a connection may have no request in flight before it is closed.
+    #[arg(long, env = "ENCLAVE_CONNECTION_IDLE_SECS", default_value_t = enclave_executor::listener::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    connection_idle_secs: u64,
+    /// Seconds for a whole request body to arrive.
+    #[arg(long, env = "ENCLAVE_BODY_TIMEOUT_SECS", default_value_t = enclave_executor::listener::DEFAULT_REQUEST_BODY_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_secs: u64,
+    /// Seconds a client may read nothing of an answer being written before its
+    /// connection is closed.
+    #[arg(long, env = "ENCLAVE_WRITE_STALL_SECS", default_value_t = enclave_executor::listener::DEFAULT_WRITE_STALL_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    write_stall_secs: u64,
+    /// MiB of request bodies held at once, both listeners together, until their answers
+    /// are done; past it requests get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ENCLAVE_MAX_REQUEST_MEMORY_MIB", default_value_t = (enclave_broker::server::DEFAULT_MAX_REQUEST_MEMORY >> 20) as u64,
+          value_parser = clap::value_parser!(u64).range(32..))]
+    max_request_memory_mib: u64,
     /// Seconds after which a session expires however busy it is.
     #[arg(long, env = "ENCLAVE_SESSION_LIFETIME_SECS", default_value_t = 60 * 60)]
     session_lifetime_secs: u64,
@@ -160,7 +217,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lifetime: Duration::from_secs(args.session_lifetime_secs),
         max_sessions: args.max_sessions,
         max_jobs_per_session: args.max_jobs_per_session,
+        unused_timeout: Duration::from_secs(args.unused_session_secs),
+        max_unused: args.max_unused_sessions,
+        max_unused_per_source: args.max_unused_sessions_per_source,
+        auth_timeout: Duration::from_secs(args.client_auth_secs),
+        max_pending_auth: args.max_pending_auth,
+        max_legacy_ivs: args.max_legacy_ivs,
     }));
+    let connections = connections(&args);
     let mut handshake = enclave_proto::ServerConfig::new(Arc::new(identity));
     if !args.allow_clients.is_empty() {
         handshake.allowed_clients = Some(args.allow_clients.clone());
@@ -180,10 +244,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_auth = handshake.client_auth_required(),
         legacy_api = http_addr.is_some() && args.legacy_api,
         tls = tls.is_some(),
+        max_connections = connections.policy().max_connections,
         // What the runtime really has, not what was asked: tests check `--worker-threads`.
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "broker serving"
     );
+    if http_addr.is_some() && args.legacy_api {
+        tracing::warn!(
+            "the legacy API is on (--legacy-api): it has no server authentication (anyone on \
+             the path can read and rewrite its traffic), no key derivation, no associated data \
+             and no sequence numbers; use protocol v1 for anything new (README.md)"
+        );
+    }
     let service = BrokerService::new(Arc::new(broker), sessions, handshake);
     // One signal stops both servers; each lets its open requests finish.
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -204,9 +276,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 legacy_api: args.legacy_api,
             },
         );
-        enclave_broker::http::serve_with_tls(
+        enclave_broker::http::serve_with(
             listener,
             api,
+            connections.clone(),
             tls.as_ref().map(|t| t.http.clone()),
             shutdown.clone().cancelled_owned(),
         )
@@ -214,9 +287,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("serving HTTP")
     };
     let grpc = async {
-        enclave_broker::server::serve_with_tls(
+        enclave_broker::server::serve_with(
             listener,
             service.clone(),
+            connections.clone(),
             tls.as_ref().map(|t| t.grpc.clone()),
             shutdown.clone().cancelled_owned(),
         )
@@ -225,6 +299,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     tokio::try_join!(grpc, http)?;
     Ok(())
+}
+
+/// The connection policy of both listeners, with a cap that fits the descriptor limit.
+fn connections(args: &ServeArgs) -> Arc<enclave_executor::listener::Connections> {
+    use enclave_executor::listener::{ConnectionPolicy, Connections, fit_to_fd_limit};
+    let max_connections = fit_to_fd_limit(args.max_connections);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            max_connections,
+            asked = args.max_connections,
+            "the file descriptor limit is too low for --max-connections: serving fewer (raise `ulimit -n`)"
+        );
+    }
+    let policy = ConnectionPolicy {
+        max_connections,
+        max_tls_handshakes: args.max_tls_handshakes,
+        tls_handshake_timeout: enclave_executor::listener::TLS_HANDSHAKE_TIMEOUT,
+        request_header_timeout: Duration::from_secs(args.header_timeout_secs),
+        idle_timeout: Duration::from_secs(args.connection_idle_secs),
+        request_body_timeout: Some(Duration::from_secs(args.body_timeout_secs)),
+        write_stall_timeout: Duration::from_secs(args.write_stall_secs),
+    };
+    Connections::with_request_memory(policy, (args.max_request_memory_mib as usize) << 20)
 }
 
 /// The HTTP listener. The default address is a convenience, not a requirement: when it

@@ -1,41 +1,49 @@
 //! Serving the broker: the Broker service with health and reflection, on a listener
-//! the caller binds (tests bind port 0), until a shutdown signal.
+//! the caller binds (tests bind port 0), under the connection policy of
+//! [`enclave_executor::listener`], until a shutdown signal.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use enclave_executor::listener::{self, ConnectionPolicy, Connections, HttpVersion};
 use enclave_proto::v1::broker_server::BrokerServer;
 use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
 
 use crate::service::BrokerService;
+
+/// Default budget for the bodies of requests in flight, both listeners together: four
+/// requests of the largest size (a 16 MiB plaintext is a 20 MiB gRPC message and ~27
+/// MiB of JSON) fit, and the memory a burst of oversized requests can take is bounded.
+pub const DEFAULT_MAX_REQUEST_MEMORY: usize = 128 << 20;
+
+/// The broker's connections under the default policy, for tests and embedders.
+pub fn default_connections() -> Arc<Connections> {
+    Connections::with_request_memory(ConnectionPolicy::default(), DEFAULT_MAX_REQUEST_MEMORY)
+}
 
 pub async fn serve(
     listener: TcpListener,
     service: BrokerService,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    serve_with_tls(listener, service, None, shutdown).await
+) -> std::io::Result<()> {
+    serve_with(listener, service, default_connections(), None, shutdown).await
 }
 
-/// [`serve`], over TLS when `tls` is given (`--tls-cert` / `--tls-key`, see
-/// [`crate::tls`]).
-pub async fn serve_with_tls(
+/// [`serve`] under `connections` (shared with the HTTP listener), over TLS when `tls` is
+/// given (`--tls-cert` / `--tls-key`, see [`crate::tls`]).
+pub async fn serve_with(
     listener: TcpListener,
     service: BrokerService,
-    tls: Option<ServerTlsConfig>,
+    connections: Arc<Connections>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BrokerServer<BrokerService>>().await;
     service
         .sessions()
         .spawn_sweeper(crate::session::DEFAULT_SWEEP_INTERVAL);
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    server
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(
             reflection()
                 .build_v1()
@@ -47,13 +55,16 @@ pub async fn serve_with_tls(
                 .expect("embedded descriptors are valid"),
         )
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(
-            // No Nagle: events and replies are small frames; with Nagle's algorithm and
-            // the peer's delayed ACKs each would wait ~40 ms (measured: p50 44 ms).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+        .prepare();
+    listener::serve(
+        listener,
+        connections,
+        HttpVersion::Http2,
+        tls,
+        routes,
+        shutdown,
+    )
+    .await
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

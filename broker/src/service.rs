@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::jobs::{Broker, JobEvent, Output};
-use crate::session::{Session, SessionStore};
+use crate::session::{Session, SessionStore, Source};
 
 /// Sealed records carry jobs and results up to the protocol's 16 MiB plaintext cap.
 pub const MAX_MESSAGE_BYTES: usize = 20 << 20;
@@ -72,7 +72,8 @@ impl BrokerService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Finds the session and opens the record as `kind`.
+    /// Finds the session and opens the record as `kind`. Only a record that opens
+    /// counts as use of the session (a garbage record naming it keeps nothing alive).
     fn open(
         &self,
         record: &SealedRecord,
@@ -80,6 +81,7 @@ impl BrokerService {
     ) -> Result<(Arc<Session>, OpenedRequest), Status> {
         let session = self.sessions.get(&record.session_id)?;
         let opened = session.protocol().open_request(record, kind)?;
+        session.touch();
         Ok((session, opened))
     }
 
@@ -99,6 +101,17 @@ impl BrokerService {
     }
 }
 
+/// Where a request came from: the connection's peer (every listener of
+/// [`enclave_executor::listener`] attaches it), or tonic's own connection info.
+fn source_of<T>(request: &Request<T>) -> Option<Source> {
+    request
+        .extensions()
+        .get::<enclave_executor::listener::PeerAddr>()
+        .map(|peer| peer.0.ip())
+        .or_else(|| request.remote_addr().map(|addr| addr.ip()))
+        .map(Source::of)
+}
+
 type SealedStream = Pin<Box<dyn Stream<Item = Result<SealedRecord, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -107,12 +120,14 @@ impl BrokerRpc for BrokerService {
         &self,
         request: Request<HandshakeRequest>,
     ) -> Result<Response<HandshakeResponse>, Status> {
+        let source = source_of(&request);
         let step = match request.into_inner().step {
             Some(handshake_request::Step::ClientHello(hello)) => {
-                self.sessions.check_capacity()?;
+                // Before any key work: refusing is cheap, accepting is not.
+                self.sessions.admit(source)?;
                 let (session, server_hello) =
                     enclave_proto::handshake::accept(&self.handshake, &hello)?;
-                self.sessions.insert(session)?;
+                self.sessions.insert(session, source)?;
                 handshake_response::Step::ServerHello(server_hello)
             }
             Some(handshake_request::Step::ClientAuth(auth)) => {
@@ -120,6 +135,7 @@ impl BrokerRpc for BrokerService {
                 let client = session
                     .protocol()
                     .verify_client_auth(&self.handshake, &auth)?;
+                self.sessions.authenticated(&session);
                 tracing::info!(%client, "client authenticated");
                 handshake_response::Step::ClientAuthAccepted(ClientAuthAccepted {})
             }

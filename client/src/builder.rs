@@ -27,6 +27,17 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records and results go up to the protocol's 16 MiB plaintext cap; the broker allows
 /// 20 MiB messages. A little more here, so the broker's limit is the one that speaks.
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+/// Default deadline of every call: a unary call's whole answer, a stream's last event.
+/// Past the longest job limit (PERMISSIVE, 60 s) with room for queueing, so it only
+/// ends calls to a broker that stopped answering.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// HTTP/2 receive window of each call: what a stream nobody reads may hold.
+const STREAM_WINDOW: u32 = 2 << 20;
+/// HTTP/2 receive window of the whole connection: the largest there is, so that the
+/// streams a caller leaves unread (each holding its own window) can never take the
+/// window every other call on the client needs. With hyper's 5 MiB default, three
+/// unread streams blocked every request of the client.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
 /// The key-exchange curve (the protocol's suite). Signatures are always Ed25519.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -101,7 +112,7 @@ impl ClientBuilder {
             rekey: RekeyPolicy::default(),
             ca_file: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: None,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 
@@ -177,10 +188,19 @@ impl ClientBuilder {
         self
     }
 
-    /// Deadline for every RPC, streams included. None by default: jobs have their own
-    /// time limits, which the broker enforces.
+    /// Deadline for every call: a unary call's whole answer, a stream's last event;
+    /// past it the call fails with DEADLINE_EXCEEDED (a stream, then, with
+    /// [`ClientError::StreamTruncated`]) and is cancelled. Default
+    /// [`DEFAULT_REQUEST_TIMEOUT`].
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// No deadline on calls: jobs still end at their own time limits, but a broker that
+    /// stops answering holds the call for as long as the connection lives.
+    pub fn no_request_timeout(mut self) -> Self {
+        self.request_timeout = None;
         self
     }
 
@@ -223,12 +243,7 @@ impl ClientBuilder {
             ))),
             (None, None) => None,
         };
-        let endpoint = endpoint(
-            &self.server,
-            self.ca_file,
-            self.connect_timeout,
-            self.request_timeout,
-        )?;
+        let endpoint = endpoint(&self.server, self.ca_file, self.connect_timeout)?;
         let mut handshake = ClientConfig::new(pin);
         handshake.suite = self.curve.suite();
         handshake.rekey = rekey::channel_policy(&self.rekey);
@@ -240,6 +255,7 @@ impl ClientBuilder {
                 identity,
                 level: self.level,
                 handshake_timeout: self.connect_timeout,
+                request_timeout: self.request_timeout,
             },
         ))
     }
@@ -260,15 +276,13 @@ fn endpoint(
     server: &str,
     ca_file: Option<PathBuf>,
     connect_timeout: Duration,
-    request_timeout: Option<Duration>,
 ) -> Result<Endpoint, ClientError> {
     let mut endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| ClientError::Config(format!("invalid server URL {server:?}: {e}")))?
         .connect_timeout(connect_timeout)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true);
-    if let Some(timeout) = request_timeout {
-        endpoint = endpoint.timeout(timeout);
-    }
     let scheme = endpoint.uri().scheme_str().unwrap_or_default().to_owned();
     match (scheme.as_str(), ca_file) {
         ("http", None) => {}

@@ -56,6 +56,15 @@ impl Client {
 
     /// Runs a job (level, limit overrides, `input`) and waits for the whole result.
     pub async fn execute_job(&self, job: Job) -> Result<Execution, ClientError> {
+        let Some(timeout) = self.connection.request_timeout() else {
+            return self.execute_now(job).await;
+        };
+        tokio::time::timeout(timeout, self.execute_now(job))
+            .await
+            .unwrap_or_else(|_| Err(ClientError::deadline(timeout)))
+    }
+
+    async fn execute_now(&self, job: Job) -> Result<Execution, ClientError> {
         let request = self.request(job);
         let sent = self
             .connection

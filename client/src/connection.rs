@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) identity: Option<ClientIdentity>,
     pub(crate) level: SecurityLevel,
     pub(crate) handshake_timeout: Duration,
+    /// Deadline of a whole call (unary answer, or a stream's last event).
+    pub(crate) request_timeout: Option<Duration>,
 }
 
 /// A snapshot of the current session, for logs, diagnostics and tests.
@@ -147,6 +149,10 @@ impl Connection {
 
     pub(crate) fn default_level(&self) -> SecurityLevel {
         self.settings.level
+    }
+
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        self.settings.request_timeout
     }
 
     fn current(&self) -> Option<Arc<Session>> {

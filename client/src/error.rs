@@ -107,6 +107,14 @@ impl ClientError {
     pub(crate) fn invalid_reply(what: impl Into<String>) -> Self {
         ClientError::InvalidReply(what.into())
     }
+
+    /// A call that did not finish within the client's request timeout.
+    pub(crate) fn deadline(timeout: std::time::Duration) -> Self {
+        ClientError::Status {
+            code: Code::DeadlineExceeded,
+            message: format!("no answer within the request timeout of {timeout:?}"),
+        }
+    }
 }
 
 impl From<tonic::Status> for ClientError {

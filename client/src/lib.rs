@@ -38,6 +38,13 @@
 //!   to a new handshake and one more attempt; ABORTED (replay window, key epoch) to a
 //!   re-sealed attempt. Both statuses mean the broker ran nothing, and no call is
 //!   retried once a sealed answer has arrived.
+//! - **Every call ends.** Each call has a deadline, [`builder::DEFAULT_REQUEST_TIMEOUT`]
+//!   (120 s) unless [`ClientBuilder::request_timeout`] or
+//!   [`ClientBuilder::no_request_timeout`] says otherwise: past it a unary call is
+//!   DEADLINE_EXCEEDED and a stream [`ClientError::StreamTruncated`], and the call is
+//!   cancelled at the broker.
+//! - **Calls do not hold each other up.** A stream the caller leaves unread holds its
+//!   own HTTP/2 window (2 MiB), never the connection's: other calls go on.
 //! - **Keys rotate.** When the [`RekeyPolicy`] says so (records, bytes or age), the next
 //!   request first calls the `Rekey` RPC, which moves both directions to new keys.
 //!

@@ -59,16 +59,47 @@ enum State {
 
 impl EventStream {
     pub(crate) fn new(connection: Arc<Connection>, request: Vec<u8>) -> Self {
+        let deadline = connection
+            .request_timeout()
+            .map(|t| (tokio::time::Instant::now() + t, t));
         let stream = futures::stream::unfold(
             State::Start {
                 connection,
                 request,
             },
-            step,
+            move |state| step_until(deadline, state),
         );
         EventStream {
             inner: Box::pin(stream),
         }
+    }
+}
+
+/// [`step`] under the client's request timeout: past it the call is dropped (which
+/// cancels it at the broker) and the stream ends with DEADLINE_EXCEEDED.
+async fn step_until(
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
+    state: State,
+) -> Option<(Result<Event, ClientError>, State)> {
+    let Some((at, timeout)) = deadline else {
+        return step(state).await;
+    };
+    let started = matches!(state, State::Open(_));
+    let finished = matches!(state, State::Finished(_));
+    match tokio::time::timeout_at(at, step(state)).await {
+        Ok(next) => next,
+        // The final event was delivered: the outcome stands.
+        Err(_) if finished => None,
+        Err(_) if started => Some((
+            Err(ClientError::StreamTruncated {
+                status: Some((
+                    tonic::Code::DeadlineExceeded,
+                    format!("no final event within the request timeout of {timeout:?}"),
+                )),
+            }),
+            State::Done,
+        )),
+        Err(_) => Some((Err(ClientError::deadline(timeout)), State::Done)),
     }
 }
 

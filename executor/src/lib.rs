@@ -9,6 +9,8 @@
 //! - [`jobs`]: the one job API: admission (checks, limits, a slot) and running (events
 //!   out, tool results in), used by the gRPC service and the broker's embedded mode.
 //! - [`server`]: the `enclave.v1.Executor` gRPC service, health, reflection, draining.
+//! - [`listener`]: the connection loop and policy every listener (broker and executor)
+//!   serves with: connection cap, timeouts, TLS handshake cap, request memory budget.
 //! - [`runtime`]: the server binaries' tokio runtime (`--worker-threads`) and logs (`ENCLAVE_LOG`).
 //!
 //! Executors hold no secrets and make no outbound connections: a script reaches the
@@ -18,6 +20,7 @@ mod epoch;
 pub mod host;
 pub mod jobs;
 pub mod limits;
+pub mod listener;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

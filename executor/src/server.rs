@@ -373,8 +373,7 @@ pub fn tls_config(
     Ok(Some(config))
 }
 
-/// A TLS handshake that takes longer than this is dropped.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::listener::TLS_HANDSHAKE_TIMEOUT;
 
 /// `error: cause: cause`, for errors (tonic's) whose `Display` omits the cause.
 fn error_chain(error: &dyn std::error::Error) -> String {

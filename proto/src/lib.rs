@@ -1,7 +1,9 @@
 //! The `enclave.v1` contract shared by broker, executor and client.
 //!
 //! The `.proto` files under `proto/` are the source of truth; this crate is their
-//! generated Rust form plus the descriptor set that gRPC server reflection serves.
+//! generated Rust form plus the descriptor set that gRPC server reflection serves, and
+//! [`codec`], the gRPC codec the generated services use (malformed messages are
+//! INVALID_ARGUMENT).
 //!
 //! With the `seal` feature it also implements protocol v1, the end-to-end encryption
 //! between client and broker (docs/PROTOCOL.md). It is a feature because the executor
@@ -23,6 +25,8 @@ pub mod v1 {
     #[cfg(feature = "json")]
     include!(concat!(env!("OUT_DIR"), "/enclave.v1.serde.rs"));
 }
+
+pub mod codec;
 
 /// Encoded `FileDescriptorSet` of every enclave proto, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -377,6 +377,11 @@ impl Core {
         if record.ciphertext.len() < TAG_LEN {
             return Err(Error::Malformed("ciphertext shorter than its tag"));
         }
+        // Refused before decryption: nobody seals more, and opening it would cost a
+        // copy of it.
+        if record.ciphertext.len() - TAG_LEN > MAX_PLAINTEXT_LEN {
+            return Err(Error::RecordTooLarge(record.ciphertext.len() - TAG_LEN));
+        }
         if record.seq == u64::MAX {
             return Err(Error::Malformed("sequence number"));
         }

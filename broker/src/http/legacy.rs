@@ -15,11 +15,10 @@
 //! handshake, validated client points, a refused repeated IV per session (so a captured
 //! request cannot simply be replayed), the v1 session limits, and zeroized keys.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
@@ -43,8 +42,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use zeroize::Zeroizing;
 
+use super::Peer;
 use crate::jobs::{Broker, JobEvent, JobFailure, Output};
-use crate::session::SessionLimits;
+use crate::session::{JobSlot, Session, SessionError, SessionStore, Source};
 
 /// AES-GCM IVs are 12 bytes (the seed's `crypto.getRandomValues(new Uint8Array(12))`).
 pub const IV_LEN: usize = 12;
@@ -60,23 +60,19 @@ const LEGACY_LEVEL: SecurityLevel = SecurityLevel::Strict;
 /// Stream lines buffered between the job and the socket (backpressure past that).
 const STREAM_BUFFER: usize = 64;
 
-/// The legacy API's state: the job runner and the legacy sessions.
+/// The legacy API's state: the job runner and the broker's session table, which holds
+/// legacy sessions next to v1 ones (one set of caps, expiry and sweeping for both).
 pub struct LegacyApi {
     broker: Arc<Broker>,
-    sessions: Arc<LegacySessions>,
+    sessions: Arc<SessionStore>,
 }
 
 impl LegacyApi {
-    /// Legacy sessions get the same limits (idle, lifetime, cap, jobs per session) as
-    /// protocol v1 sessions, counted separately.
-    pub fn new(broker: Arc<Broker>, limits: SessionLimits) -> LegacyApi {
-        LegacyApi {
-            broker,
-            sessions: Arc::new(LegacySessions::new(limits)),
-        }
+    pub fn new(broker: Arc<Broker>, sessions: Arc<SessionStore>) -> LegacyApi {
+        LegacyApi { broker, sessions }
     }
 
-    pub fn sessions(&self) -> &Arc<LegacySessions> {
+    pub fn sessions(&self) -> &Arc<SessionStore> {
         &self.sessions
     }
 }
@@ -131,22 +127,39 @@ impl IntoResponse for LegacyError {
 }
 
 // ---------------------------------------------------------------------------------------
-// Sessions.
+// Sessions: entries of the broker's one session table (crate::session), which gives
+// them the caps, expiry and sweeping of v1 sessions; what is legacy is only this state.
 
-/// One legacy session: the AES-256-GCM key and the IVs the client has used with it.
-pub struct LegacySession {
+/// A legacy session's state: the AES-256-GCM key and the IVs the client has used.
+pub struct LegacyKeys {
     key: Zeroizing<[u8; 32]>,
-    /// Every IV of an accepted request. AES-GCM under a repeated (key, IV) loses both
-    /// confidentiality and integrity, and a repeated IV is also how a replayed request
-    /// looks: either way it is refused before anything runs.
+    /// Every IV of a request that got a job slot. AES-GCM under a repeated (key, IV)
+    /// loses both confidentiality and integrity, and a repeated IV is also how a
+    /// replayed request looks: either way it is refused before anything runs.
     ivs: Mutex<HashSet<[u8; IV_LEN]>>,
-    created: Instant,
-    /// Milliseconds since `created` at the last use.
-    last_used_ms: AtomicU64,
-    jobs: AtomicU32,
+    /// The IVs all legacy sessions remember together, shared with the session table:
+    /// what bounds the legacy API's memory as a whole.
+    all_ivs: Arc<AtomicUsize>,
+    max_all_ivs: usize,
 }
 
-impl LegacySession {
+impl Drop for LegacyKeys {
+    fn drop(&mut self) {
+        let mine = self.ivs.get_mut().map_or(0, |ivs| ivs.len());
+        self.all_ivs.fetch_sub(mine, Ordering::AcqRel);
+    }
+}
+
+impl LegacyKeys {
+    fn new(key: Zeroizing<[u8; 32]>, store: &SessionStore) -> LegacyKeys {
+        LegacyKeys {
+            key,
+            ivs: Mutex::new(HashSet::new()),
+            all_ivs: store.legacy_ivs().clone(),
+            max_all_ivs: store.limits().max_legacy_ivs,
+        }
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new((&*self.key).into())
     }
@@ -155,20 +168,22 @@ impl LegacySession {
         self.ivs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decrypts a request, refusing an IV this session has already accepted. The IV is
-    /// remembered only once the ciphertext authenticates, so garbage cannot fill the set.
+    fn repeated() -> LegacyError {
+        LegacyError::new(
+            StatusCode::CONFLICT,
+            "Repeated IV: this IV was already used in this session (a replayed request?); \
+             encrypt again with a fresh random IV",
+        )
+    }
+
+    /// Decrypts a request, refusing an IV this session has already used and a session
+    /// (or a broker) that remembers all the IVs it may. Remembers nothing: see
+    /// [`LegacyKeys::remember`].
     fn open(&self, iv: [u8; IV_LEN], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, LegacyError> {
-        let repeated = || {
-            LegacyError::new(
-                StatusCode::CONFLICT,
-                "Repeated IV: this IV was already used in this session (a replayed request?); \
-                 encrypt again with a fresh random IV",
-            )
-        };
         {
             let ivs = self.ivs();
             if ivs.contains(&iv) {
-                return Err(repeated());
+                return Err(Self::repeated());
             }
             if ivs.len() >= MAX_REQUESTS_PER_SESSION {
                 return Err(LegacyError::new(
@@ -178,6 +193,15 @@ impl LegacySession {
                     ),
                 ));
             }
+        }
+        if self.all_ivs.load(Ordering::Acquire) >= self.max_all_ivs {
+            return Err(LegacyError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the broker remembers its maximum of {} legacy request IVs; retry once older sessions expire",
+                    self.max_all_ivs
+                ),
+            ));
         }
         if ciphertext.len() < TAG_LEN {
             return Err(LegacyError::bad_request(
@@ -192,11 +216,17 @@ impl LegacySession {
             .map_err(|_| {
                 LegacyError::bad_request("Decryption failed: the ciphertext does not authenticate under this session's key")
             })?;
-        // Two concurrent requests with one IV: only the first insert wins.
-        if !self.ivs().insert(iv) {
-            return Err(repeated());
-        }
         Ok(plaintext)
+    }
+
+    /// Remembers the IV of a request that authenticated and got its job slot; of two
+    /// concurrent requests with one IV, only the first gets here.
+    fn remember(&self, iv: [u8; IV_LEN]) -> Result<(), LegacyError> {
+        if !self.ivs().insert(iv) {
+            return Err(Self::repeated());
+        }
+        self.all_ivs.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// `{"iv","ciphertext"}` of `plaintext` under a fresh random IV. The server's IVs
@@ -221,143 +251,30 @@ impl LegacySession {
         ciphertext.extend_from_slice(&tag);
         Ok(json!({ "iv": B64.encode(iv), "ciphertext": B64.encode(&ciphertext) }))
     }
+}
 
-    fn touch(&self) {
-        self.last_used_ms
-            .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn expired(&self, now: Instant, limits: &SessionLimits) -> bool {
-        let age = now.saturating_duration_since(self.created);
-        let idle = age.saturating_sub(Duration::from_millis(
-            self.last_used_ms.load(Ordering::Relaxed),
-        ));
-        age >= limits.lifetime
-            || (idle >= limits.idle_timeout && self.jobs.load(Ordering::Relaxed) == 0)
+/// A session-table refusal in the legacy API's shape.
+fn refused(e: SessionError) -> LegacyError {
+    match e {
+        SessionError::Unknown => LegacyError::invalid_session(),
+        SessionError::Collision => {
+            LegacyError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        _ => LegacyError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
     }
 }
 
-/// Counts a job against its legacy session for as long as it lives.
-struct JobSlot(Arc<LegacySession>);
-
-impl Drop for JobSlot {
-    fn drop(&mut self) {
-        self.0.jobs.fetch_sub(1, Ordering::AcqRel);
-        self.0.touch();
-    }
-}
-
-/// The table of legacy sessions, with the same policy as [`crate::session::SessionStore`].
-pub struct LegacySessions {
-    sessions: RwLock<HashMap<[u8; 16], Arc<LegacySession>>>,
-    limits: SessionLimits,
-}
-
-impl LegacySessions {
-    pub fn new(limits: SessionLimits) -> LegacySessions {
-        LegacySessions {
-            sessions: RwLock::new(HashMap::new()),
-            limits,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn full(&self) -> LegacyError {
-        LegacyError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "the broker holds its maximum of {} legacy sessions; retry later",
-                self.limits.max_sessions
-            ),
-        )
-    }
-
-    fn insert(&self, key: Zeroizing<[u8; 32]>) -> Result<[u8; 16], LegacyError> {
-        let mut sessions = self.write();
-        if sessions.len() >= self.limits.max_sessions {
-            return Err(self.full());
-        }
-        let id = loop {
-            let id = random_uuid()?;
-            if !sessions.contains_key(&id) {
-                break id;
-            }
-        };
-        let session = LegacySession {
-            key,
-            ivs: Mutex::new(HashSet::new()),
-            created: Instant::now(),
-            last_used_ms: AtomicU64::new(0),
-            jobs: AtomicU32::new(0),
-        };
-        sessions.insert(id, Arc::new(session));
-        Ok(id)
-    }
-
-    /// The live session the `X-Session-Id` header names.
-    fn get(&self, headers: &HeaderMap) -> Result<Arc<LegacySession>, LegacyError> {
-        let id = headers
-            .get("x-session-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_uuid)
-            .ok_or_else(LegacyError::invalid_session)?;
-        let session = self
-            .read()
-            .get(&id)
-            .cloned()
-            .ok_or_else(LegacyError::invalid_session)?;
-        if session.expired(Instant::now(), &self.limits) {
-            self.write().remove(&id);
-            return Err(LegacyError::invalid_session());
-        }
-        session.touch();
-        Ok(session)
-    }
-
-    fn start_job(&self, session: &Arc<LegacySession>) -> Result<JobSlot, LegacyError> {
-        let max = self.limits.max_jobs_per_session;
-        session
-            .jobs
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .map(|_| JobSlot(session.clone()))
-            .map_err(|_| {
-                LegacyError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("this session already has its maximum of {max} jobs in flight"),
-                )
-            })
-    }
-
-    /// Drops expired sessions (their keys are wiped as they drop); returns how many went.
-    pub fn sweep(&self) -> usize {
-        let now = Instant::now();
-        let mut sessions = self.write();
-        let before = sessions.len();
-        sessions.retain(|_, s| !s.expired(now, &self.limits));
-        before - sessions.len()
-    }
-
-    /// Sweeps every `interval` for as long as the table lives.
-    pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) {
-        crate::session::spawn_sweeper(self, interval, |table| (table.sweep(), table.len()));
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 16], Arc<LegacySession>>> {
-        self.sessions.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<[u8; 16], Arc<LegacySession>>> {
-        self.sessions.write().unwrap_or_else(|p| p.into_inner())
-    }
+/// The live session the `X-Session-Id` header names.
+fn session(
+    store: &SessionStore,
+    headers: &HeaderMap,
+) -> Result<Arc<Session<LegacyKeys>>, LegacyError> {
+    let id = headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_uuid)
+        .ok_or_else(LegacyError::invalid_session)?;
+    store.get_legacy(&id).map_err(refused)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -373,9 +290,10 @@ struct ClientHello {
 
 async fn handshake(
     State(api): State<Arc<LegacyApi>>,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handshake_inner(&api, body) {
+    match handshake_inner(&api, peer.source(), body) {
         Ok(answer) => json_ok(answer.to_string()),
         Err(e) => e.into_response(),
     }
@@ -383,6 +301,7 @@ async fn handshake(
 
 fn handshake_inner(
     api: &LegacyApi,
+    source: Option<Source>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, LegacyError> {
     let body = body.map_err(rejected)?;
@@ -395,11 +314,12 @@ fn handshake_inner(
         return Err(LegacyError::bad_request("type must be \"ClientHello\""));
     }
     // Before any key work: a flood of handshakes against a full table stays cheap.
-    if api.sessions.len() >= api.sessions.limits.max_sessions {
-        return Err(api.sessions.full());
-    }
+    api.sessions.admit(source).map_err(refused)?;
     let (key, server_public) = key_agreement(&hello.public_key)?;
-    let id = api.sessions.insert(key)?;
+    let id = random_uuid()?;
+    api.sessions
+        .insert_legacy(id, LegacyKeys::new(key, &api.sessions), source)
+        .map_err(refused)?;
     Ok(json!({ "type": "ServerHello", "publicKey": server_public, "sessionId": format_uuid(&id) }))
 }
 
@@ -453,14 +373,18 @@ struct EncryptedRequest {
     ciphertext: String,
 }
 
+/// A legacy session, the script of its request and the request's job slot.
+type OpenedJob = (Arc<Session<LegacyKeys>>, String, JobSlot<LegacyKeys>);
+
 /// The session, the decrypted script and a job slot for an `/execute` or
-/// `/execute/stream` request.
+/// `/execute/stream` request. The request's IV is remembered only once it has its slot,
+/// so refused requests fill nothing.
 fn open_job(
     api: &LegacyApi,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Arc<LegacySession>, String, JobSlot), LegacyError> {
-    let session = api.sessions.get(headers)?;
+) -> Result<OpenedJob, LegacyError> {
+    let session = session(&api.sessions, headers)?;
     let body = body.map_err(rejected)?;
     let request: EncryptedRequest = serde_json::from_slice(&body).map_err(|e| {
         LegacyError::bad_request(format!(
@@ -480,11 +404,13 @@ fn open_job(
     let ciphertext = B64
         .decode(&request.ciphertext)
         .map_err(|_| LegacyError::bad_request("ciphertext must be base64"))?;
-    let plaintext = session.open(iv, &ciphertext)?;
+    let plaintext = session.state().open(iv, &ciphertext)?;
+    session.touch();
     let code = std::str::from_utf8(&plaintext)
         .map_err(|_| LegacyError::bad_request("the decrypted script is not UTF-8"))?
         .to_owned();
-    let slot = api.sessions.start_job(&session)?;
+    let slot = api.sessions.start_job(&session).map_err(refused)?;
+    session.state().remember(iv)?;
     Ok((session, code, slot))
 }
 
@@ -518,7 +444,7 @@ async fn execute(
     let (outcome, console) = tokio::join!(api.broker.run_job(legacy_job(code), events_tx), collect);
     let mut result = execution_result(&outcome);
     result["console"] = Value::Array(console);
-    match session.seal(result.to_string().as_bytes()) {
+    match session.state().seal(result.to_string().as_bytes()) {
         Ok(sealed) => json_ok(sealed.to_string()),
         Err(e) => e.into_response(),
     }
@@ -536,7 +462,7 @@ async fn execute_stream(
     let (out, lines) = mpsc::channel::<Bytes>(STREAM_BUFFER);
     let broker = api.broker.clone();
     tokio::spawn(async move {
-        stream_job(&broker, &session, legacy_job(code), out).await;
+        stream_job(&broker, session.state(), legacy_job(code), out).await;
         drop(slot);
     });
     let body = Body::from_stream(ReceiverStream::new(lines).map(Ok::<_, Infallible>));
@@ -553,7 +479,7 @@ async fn execute_stream(
 /// Runs one job and writes its events as encrypted lines, the last one `final` (or
 /// `error` when the broker could not run the job). Stops the job as soon as the client
 /// goes away: hyper drops the body, so `out` closes.
-async fn stream_job(broker: &Broker, session: &LegacySession, job: Job, out: mpsc::Sender<Bytes>) {
+async fn stream_job(broker: &Broker, session: &LegacyKeys, job: Job, out: mpsc::Sender<Bytes>) {
     let line = |event: Value| -> Bytes {
         match session.seal(event.to_string().as_bytes()) {
             Ok(sealed) => Bytes::from(format!("{sealed}\n")),
@@ -681,8 +607,21 @@ fn error_json(error: &JobError) -> Value {
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
+/// A body the server could not read, with the status of its cause: the listener's
+/// request memory budget (429) or body timeout (408), the body limit (413), or broken
+/// off (400).
 fn rejected(rejection: BytesRejection) -> LegacyError {
-    LegacyError::new(rejection.status(), rejection.body_text())
+    match super::status_in(&rejection) {
+        Some(status) => {
+            let code = match status.code() {
+                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::DeadlineExceeded => StatusCode::REQUEST_TIMEOUT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            LegacyError::new(code, status.message())
+        }
+        None => LegacyError::new(rejection.status(), rejection.body_text()),
+    }
 }
 
 fn json_ok(body: String) -> Response {
@@ -753,14 +692,16 @@ mod tests {
         assert_eq!(parse_uuid("0123456789abcdef0123456789abcdef0123"), None);
     }
 
-    fn session() -> LegacySession {
-        LegacySession {
-            key: Zeroizing::new([7u8; 32]),
-            ivs: Mutex::new(HashSet::new()),
-            created: Instant::now(),
-            last_used_ms: AtomicU64::new(0),
-            jobs: AtomicU32::new(0),
-        }
+    fn session() -> LegacyKeys {
+        let store = SessionStore::new(crate::session::SessionLimits::default());
+        LegacyKeys::new(Zeroizing::new([7u8; 32]), &store)
+    }
+
+    /// Opens and remembers, as a request that got its job slot.
+    fn accept(s: &LegacyKeys, iv: [u8; IV_LEN], ct: &[u8]) -> Result<Vec<u8>, LegacyError> {
+        let plain = s.open(iv, ct)?;
+        s.remember(iv)?;
+        Ok(plain.to_vec())
     }
 
     fn sealed_parts(sealed: &Value) -> ([u8; IV_LEN], Vec<u8>) {
@@ -779,18 +720,49 @@ mod tests {
     fn a_repeated_iv_is_refused_and_tampering_detected() {
         let s = session();
         let (iv, ct) = sealed_parts(&s.seal(b"return 1").unwrap());
-        assert_eq!(&*s.open(iv, &ct).unwrap(), b"return 1");
+        assert_eq!(accept(&s, iv, &ct).unwrap(), b"return 1");
         assert_eq!(s.open(iv, &ct).unwrap_err().status, StatusCode::CONFLICT);
         let (iv, mut ct) = sealed_parts(&s.seal(b"return 2").unwrap());
         ct[0] ^= 1;
         assert_eq!(s.open(iv, &ct).unwrap_err().status, StatusCode::BAD_REQUEST);
         // A failed attempt does not burn the IV: the genuine request still goes through.
         ct[0] ^= 1;
-        assert_eq!(&*s.open(iv, &ct).unwrap(), b"return 2");
+        assert_eq!(accept(&s, iv, &ct).unwrap(), b"return 2");
         assert_eq!(
             s.open(iv, &ct[..10]).unwrap_err().status,
             StatusCode::CONFLICT
         );
+        // Of two requests with one IV that both opened, only the first is remembered.
+        let (iv, ct) = sealed_parts(&s.seal(b"return 3").unwrap());
+        s.open(iv, &ct).unwrap();
+        s.open(iv, &ct).unwrap();
+        s.remember(iv).unwrap();
+        assert_eq!(s.remember(iv).unwrap_err().status, StatusCode::CONFLICT);
+    }
+
+    #[test]
+    fn the_ivs_of_all_legacy_sessions_are_bounded_together() {
+        let store = SessionStore::new(crate::session::SessionLimits {
+            max_legacy_ivs: 3,
+            ..Default::default()
+        });
+        let a = LegacyKeys::new(Zeroizing::new([1u8; 32]), &store);
+        let b = LegacyKeys::new(Zeroizing::new([2u8; 32]), &store);
+        for i in 0..2 {
+            let (iv, ct) = sealed_parts(&a.seal(&[i]).unwrap());
+            accept(&a, iv, &ct).unwrap();
+        }
+        let (iv, ct) = sealed_parts(&b.seal(b"x").unwrap());
+        accept(&b, iv, &ct).unwrap();
+        let (iv, ct) = sealed_parts(&b.seal(b"y").unwrap());
+        assert_eq!(
+            b.open(iv, &ct).unwrap_err().status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // A session that goes gives its IVs back.
+        drop(a);
+        assert_eq!(store.legacy_ivs().load(Ordering::Relaxed), 1);
+        accept(&b, iv, &ct).unwrap();
     }
 
     #[test]

@@ -6,15 +6,17 @@
 //!   on the same [`BrokerService`], so both transports share sessions, limits and code;
 //!   this module only translates JSON and statuses.
 //! - The legacy API ([`legacy`]), wire-compatible with the seed's `EncryptedEnclaveClient`,
-//!   for clients that cannot move yet; `--legacy-api=false` removes it.
+//!   for clients that cannot move yet; off unless `--legacy-api` turns it on.
 //! - The playground: `GET /` and `GET /app.js`, a browser client of protocol v1.
 //!
 //! Why axum: tonic 0.14 already builds on axum 0.8 and hyper 1, so the HTTP API adds no
-//! second HTTP stack, and axum gives routing, body limits and graceful shutdown.
+//! second HTTP stack, and axum gives routing and body limits. Connections are served by
+//! [`enclave_executor::listener`], as gRPC's are, under the same policy.
 
 pub mod legacy;
 mod v1;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -22,10 +24,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use enclave_executor::listener::{self, Connections, HttpVersion, PeerAddr};
 use enclave_proto::Fingerprint;
 use enclave_proto::v1::Suite;
 use tokio::net::TcpListener;
@@ -76,16 +79,11 @@ impl std::fmt::Display for HttpListen {
 }
 
 /// What the HTTP API serves besides protocol v1.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct HttpOptions {
-    /// Serve the legacy API (`/handshake`, `/execute`, `/execute/stream`).
+    /// Serve the legacy API (`/handshake`, `/execute`, `/execute/stream`): off unless
+    /// asked for, for its weaknesses (README.md).
     pub legacy_api: bool,
-}
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        HttpOptions { legacy_api: true }
-    }
 }
 
 /// The HTTP API over one [`BrokerService`]. Cheap to clone.
@@ -104,8 +102,10 @@ impl HttpApi {
     pub fn new(service: BrokerService, options: HttpOptions) -> HttpApi {
         let fingerprint = service.handshake_config().identity.fingerprint();
         let legacy = options.legacy_api.then(|| {
-            let limits = service.sessions().limits().clone();
-            Arc::new(legacy::LegacyApi::new(service.broker().clone(), limits))
+            Arc::new(legacy::LegacyApi::new(
+                service.broker().clone(),
+                service.sessions().clone(),
+            ))
         });
         HttpApi {
             inner: Arc::new(Inner {
@@ -153,36 +153,71 @@ pub async fn serve(
     api: HttpApi,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with_tls(listener, api, None, shutdown).await
+    serve_with(
+        listener,
+        api,
+        crate::server::default_connections(),
+        None,
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve`], over TLS when `tls` is given (`--tls-cert` / `--tls-key`, see
-/// [`crate::tls`]).
-pub async fn serve_with_tls(
+/// [`serve`] under `connections` (shared with the gRPC listener), over TLS when `tls`
+/// is given (`--tls-cert` / `--tls-key`, see [`crate::tls`]).
+pub async fn serve_with(
     listener: TcpListener,
     api: HttpApi,
+    connections: Arc<Connections>,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    if let Some(legacy) = api.legacy() {
-        legacy
-            .sessions()
-            .spawn_sweeper(crate::session::DEFAULT_SWEEP_INTERVAL);
+    api.service()
+        .sessions()
+        .spawn_sweeper(crate::session::DEFAULT_SWEEP_INTERVAL);
+    listener::serve(
+        listener,
+        connections,
+        HttpVersion::Http1,
+        tls,
+        api.router(),
+        shutdown,
+    )
+    .await
+}
+
+/// The client's address as the connection gives it (for the per-source session cap).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub Option<PeerAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Peer, Infallible> {
+        Ok(Peer(parts.extensions.get::<PeerAddr>().copied()))
     }
-    if let Some(tls) = tls {
-        let listener = crate::tls::TlsListener::new(listener, tls)?;
-        return axum::serve(listener, api.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
+}
+
+impl Peer {
+    pub(crate) fn source(self) -> Option<crate::session::Source> {
+        self.0.map(|p| crate::session::Source::of(p.0.ip()))
     }
-    // Stream events are small writes that must leave at once, not wait for Nagle.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, api.router())
-        .with_graceful_shutdown(shutdown)
-        .await
+}
+
+/// The `tonic::Status` somewhere in an error's source chain: what the listener's request
+/// body reports when a body is cut off (request memory budget, body timeout).
+pub(crate) fn status_in(error: &(dyn std::error::Error + 'static)) -> Option<tonic::Status> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(status) = e.downcast_ref::<tonic::Status>() {
+            return Some(status.clone());
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Headers on every answer: no MIME sniffing; API answers are per-session and must
@@ -283,12 +318,16 @@ impl ApiError {
         ApiError::new(tonic::Code::InvalidArgument, message)
     }
 
-    /// A request body the server could not read: over the size limit (413) or broken
-    /// off (400); `INVALID_ARGUMENT` either way.
-    pub fn unreadable_body(status: StatusCode, message: impl Into<String>) -> ApiError {
-        let mut error = ApiError::invalid_argument(message);
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            error.http = Some(status);
+    /// A request body the server could not read: over the size limit (413, as
+    /// `INVALID_ARGUMENT`), refused by the listener (the request memory budget: 429
+    /// `RESOURCE_EXHAUSTED`; too slow: 504 `DEADLINE_EXCEEDED`), or broken off (400).
+    pub fn unreadable_body(rejection: &axum::extract::rejection::BytesRejection) -> ApiError {
+        if let Some(status) = status_in(rejection) {
+            return ApiError::from(status);
+        }
+        let mut error = ApiError::invalid_argument(rejection.body_text());
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error.http = Some(StatusCode::PAYLOAD_TOO_LARGE);
         }
         error
     }

@@ -21,40 +21,53 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Status};
 
-use super::{ApiError, HttpApi, json_response};
+use super::{ApiError, HttpApi, Peer, json_response};
 
 type Answer = Result<Response, ApiError>;
 
 pub(super) async fn handshake(
     State(api): State<HttpApi>,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let request: HandshakeRequest = parse(body, "HandshakeRequest")?;
-    answer(api.service().handshake(Request::new(request)).await)
+    answer(api.service().handshake(call(peer, request)).await)
 }
 
 pub(super) async fn execute(
     State(api): State<HttpApi>,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
-    answer(api.service().execute(Request::new(record)).await)
+    answer(api.service().execute(call(peer, record)).await)
 }
 
 pub(super) async fn close_session(
     State(api): State<HttpApi>,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
-    answer(api.service().close_session(Request::new(record)).await)
+    answer(api.service().close_session(call(peer, record)).await)
 }
 
 pub(super) async fn rekey(
     State(api): State<HttpApi>,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
-    answer(api.service().rekey(Request::new(record)).await)
+    answer(api.service().rekey(call(peer, record)).await)
+}
+
+/// The service's request for `message`, with the connection's peer as gRPC has it.
+fn call<T>(peer: Peer, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(addr) = peer.0 {
+        request.extensions_mut().insert(addr);
+    }
+    request
 }
 
 /// `POST /v1/execute/stream`: one `SealedRecord` per line as the service produces them.
@@ -65,12 +78,13 @@ pub(super) async fn rekey(
 /// service sees its channel closed and stops the job.
 pub(super) async fn execute_stream(
     State(api): State<HttpApi>,
+    peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
     let records = api
         .service()
-        .execute_stream(Request::new(record))
+        .execute_stream(call(peer, record))
         .await
         .map_err(ApiError::from)?
         .into_inner();
@@ -124,7 +138,7 @@ fn parse<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     what: &str,
 ) -> Result<T, ApiError> {
-    let body = body.map_err(|r| ApiError::unreadable_body(r.status(), r.body_text()))?;
+    let body = body.map_err(|r| ApiError::unreadable_body(&r))?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid_argument(format!(
             "the body is not a {what} in the proto3 JSON mapping: {e}"

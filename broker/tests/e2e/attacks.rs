@@ -332,3 +332,98 @@ async fn a_job_refused_before_it_ran_comes_back_sealed_as_invalid_job() {
     }
     still_works(&mut raw).await;
 }
+
+/// Passes bytes through unchanged, to send what no generated client would.
+#[derive(Clone, Copy)]
+struct RawCodec;
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = bytes::Buf::chunk(src).to_vec();
+        bytes::Buf::advance(src, bytes.len());
+        Ok(Some(bytes))
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_are_invalid_argument() {
+    let broker = Broker::start(&[]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", broker.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Field 1 as a length-delimited value that runs past the end: no message decodes.
+    let garbage = vec![0x0a, 0x7f, 0x01];
+    for method in [
+        "Handshake",
+        "Execute",
+        "CloseSession",
+        "Rekey",
+        "ExecuteStream",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path: tonic::codegen::http::uri::PathAndQuery =
+            format!("/enclave.v1.Broker/{method}").parse().unwrap();
+        let request = tonic::Request::new(garbage.clone());
+        let err = if method == "ExecuteStream" {
+            match grpc.server_streaming(request, path, RawCodec).await {
+                Ok(response) => response.into_inner().message().await.unwrap_err(),
+                Err(e) => e,
+            }
+        } else {
+            grpc.unary(request, path, RawCodec).await.unwrap_err()
+        };
+        assert_eq!(err.code(), Code::InvalidArgument, "{method}: {err:?}");
+        assert!(
+            err.message().contains("malformed message"),
+            "{method}: {err:?}"
+        );
+    }
+
+    // A record claiming more than the 16 MiB a plaintext may be: refused as such before
+    // decryption (not as a tag that fails), and the session goes on.
+    let mut raw = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    let mut record = raw.seal(RecordKind::ExecuteRequest, job("return 1"));
+    record.ciphertext.resize((16 << 20) + 17, 0);
+    let err = raw.rpc.execute(record).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("exceeds the 16 MiB limit"),
+        "{err:?}"
+    );
+    assert_eq!(value(&raw.execute("return 2").await.unwrap()), json!(2));
+}

@@ -5,6 +5,9 @@ mod support;
 
 mod attacks;
 mod auth;
+mod connections;
 mod executors;
+mod floods;
+mod memory;
 mod secrets;
 mod sessions;

@@ -65,12 +65,16 @@ async fn close_ends_the_session() {
 async fn caps_on_sessions_and_on_jobs_per_session() {
     let broker = Broker::start(&["--max-sessions", "2", "--max-jobs-per-session", "1"]);
     let mut a = Raw::connect(&broker, SUITE).await;
-    let _b = Raw::connect(&broker, SUITE).await;
+    let mut b = Raw::connect(&broker, SUITE).await;
+    // Both have run a job: a table full of used sessions refuses a third handshake.
+    assert_eq!(value(&b.execute("return 1").await.unwrap()), json!(1));
+    assert_eq!(value(&a.execute("return 1").await.unwrap()), json!(1));
     let err = Raw::connect_as(&broker, SUITE, None)
         .await
         .err()
         .expect("third session refused");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("all of them in use"), "{err:?}");
 
     // One job in flight on `a` (it sleeps on a tool-less busy wait); a second is refused.
     let busy = a.seal(
@@ -83,6 +87,20 @@ async fn caps_on_sessions_and_on_jobs_per_session() {
     let err = a.execute("return 2").await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(running.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_full_table_drops_the_oldest_session_that_never_ran_a_job() {
+    let broker = Broker::start(&["--max-sessions", "2"]);
+    let mut used = Raw::connect(&broker, SUITE).await;
+    assert_eq!(value(&used.execute("return 1").await.unwrap()), json!(1));
+    let mut never_used = Raw::connect(&broker, SUITE).await;
+    // Full: the new handshake gets in, in the place of the session that ran nothing.
+    let mut newest = Raw::connect(&broker, SUITE).await;
+    let err = never_used.execute("return 2").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(value(&newest.execute("return 3").await.unwrap()), json!(3));
+    assert_eq!(value(&used.execute("return 4").await.unwrap()), json!(4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

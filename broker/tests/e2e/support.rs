@@ -51,8 +51,34 @@ impl Broker {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::spawn(
+            Command::new(env!("CARGO_BIN_EXE_enclave-broker")),
+            args,
+            env,
+        )
+    }
+
+    /// Another build of the broker (`ENCLAVE_BROKER_BIN`, for before/after figures), or
+    /// this one.
+    pub fn start_measured(args: &[&str]) -> Broker {
+        let bin = std::env::var("ENCLAVE_BROKER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_enclave-broker").to_owned());
+        Broker::spawn(Command::new(bin), args, &[])
+    }
+
+    /// The broker under a file descriptor limit of `fds` (`ulimit -n`).
+    pub fn start_with_fd_limit(args: &[&str], fds: u32) -> Broker {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_enclave-broker"));
+        Broker::spawn(command, args, &[])
+    }
+
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Broker {
         let identity = temp_path("broker.key");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_enclave-broker"))
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--identity"])
             .arg(&identity)
             .args(args)
@@ -98,6 +124,18 @@ impl Broker {
         }
     }
 
+    /// The broker process's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
     /// Its "broker serving" log line.
     pub fn serving_line(&self) -> String {
         self.log()
@@ -116,6 +154,20 @@ impl Broker {
         BrokerClient::connect(format!("http://{}", self.addr))
             .await
             .unwrap()
+            .max_decoding_message_size(32 << 20)
+            .max_encoding_message_size(32 << 20)
+    }
+
+    /// A connection from another loopback address (`127.0.0.2`, ...): another source,
+    /// as far as the broker's per-source caps can tell.
+    pub async fn rpc_from(&self, local: std::net::IpAddr) -> BrokerClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .local_address(Some(local))
+            .connect()
+            .await
+            .unwrap();
+        BrokerClient::new(channel)
             .max_decoding_message_size(32 << 20)
             .max_encoding_message_size(32 << 20)
     }

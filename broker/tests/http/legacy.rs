@@ -11,7 +11,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn execute_answers_an_enclave_vm_result() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let client = Legacy::connect(&broker).await;
     let result = client
         .execute("console.log('hello', 1); const r = await callTool('echo', {n: 41}); return {n: r.n + 1}")
@@ -41,7 +41,7 @@ async fn execute_answers_an_enclave_vm_result() {
 
 #[tokio::test]
 async fn stream_events_are_the_seeds() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let client = Legacy::connect(&broker).await;
     let events = client
         .stream("console.log('one'); const r = await callTool('echo', {x: 'y'}); console.warn('two'); return r")
@@ -75,7 +75,7 @@ async fn stream_events_are_the_seeds() {
 
 #[tokio::test]
 async fn an_unknown_session_is_401() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let client = Legacy::connect(&broker).await;
     let body = client.encrypt("return 1").to_string();
     for path in ["/execute", "/execute/stream"] {
@@ -103,7 +103,7 @@ async fn an_unknown_session_is_401() {
 
 #[tokio::test]
 async fn a_replayed_request_is_refused_and_does_not_run() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let client = Legacy::connect(&broker).await;
     let request = client.encrypt("return 1");
     let (status, _) = client.send("/execute", &request).await;
@@ -130,7 +130,7 @@ async fn a_replayed_request_is_refused_and_does_not_run() {
 
 #[tokio::test]
 async fn tampered_requests_are_refused() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let client = Legacy::connect(&broker).await;
     let request = client.encrypt("return 1");
     let mut ciphertext = B64.decode(request["ciphertext"].as_str().unwrap()).unwrap();
@@ -167,7 +167,7 @@ async fn tampered_requests_are_refused() {
 
 #[tokio::test]
 async fn bad_client_keys_are_refused() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let handshake = broker.url("/handshake");
     // A valid SPKI prefix for P-256 with a point that is not on the curve.
     let mut off_curve = hex("3059301306072a8648ce3d020106082a8648ce3d030107034200");
@@ -195,7 +195,7 @@ async fn bad_client_keys_are_refused() {
 
 #[tokio::test]
 async fn every_handshake_gets_a_fresh_server_key() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let a = Legacy::connect(&broker).await;
     let b = Legacy::connect(&broker).await;
     assert_ne!(a.session_id, b.session_id);
@@ -206,33 +206,100 @@ async fn every_handshake_gets_a_fresh_server_key() {
 }
 
 #[tokio::test]
-async fn the_legacy_api_can_be_turned_off() {
-    let broker = Broker::start(&["--legacy-api=false"]);
-    for path in ["/handshake", "/execute", "/execute/stream"] {
-        let (status, _) = post(&broker.url(path), "{}", &[]).await;
-        assert_eq!(status, 404, "{path}");
+async fn the_legacy_api_is_off_unless_asked_for() {
+    for args in [&[][..], &["--legacy-api=false"][..]] {
+        let broker = Broker::start(args);
+        for path in ["/handshake", "/execute", "/execute/stream"] {
+            let (status, _) = post(&broker.url(path), "{}", &[]).await;
+            assert_eq!(status, 404, "{args:?} {path}");
+        }
+        let info = json_of(
+            &http()
+                .get(broker.url("/v1/info"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(info["legacyApi"], false);
+        assert!(
+            !broker.log().contains("legacy API is on"),
+            "{}",
+            broker.log()
+        );
+        // Protocol v1 is unaffected.
+        let mut client = V1::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+        assert_eq!(value(&client.execute("return 1").await.unwrap()), json!(1));
     }
-    let info = json_of(
-        &http()
-            .get(broker.url("/v1/info"))
-            .send()
+    // Turned on, the broker says at start-up what it is turning on.
+    let broker = Broker::start(&["--legacy-api"]);
+    let log = broker.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("legacy API is on"))
+        .unwrap_or_else(|| panic!("no start-up warning:\n{log}"));
+    for weakness in [
+        "no server authentication",
+        "no key derivation",
+        "no associated data",
+        "no sequence numbers",
+    ] {
+        assert!(warning.contains(weakness), "{warning}");
+    }
+}
+
+#[tokio::test]
+async fn refused_requests_leave_no_iv_behind_and_all_sessions_share_one_iv_budget() {
+    let broker = Broker::start(&[
+        "--legacy-api",
+        "--max-jobs-per-session",
+        "1",
+        "--max-legacy-ivs",
+        "3",
+    ]);
+    let client = Legacy::connect(&broker).await;
+    // A request refused for the job cap (the session's one slot is busy) ...
+    let busy = client.encrypt("const t = Date.now(); while (Date.now() - t < 800) {} return 1");
+    let running = {
+        let (client_base, session) = (client.base.clone(), client.session_id.clone());
+        tokio::spawn(async move {
+            post(
+                &format!("{client_base}/execute"),
+                &busy.to_string(),
+                &[("x-session-id", &session)],
+            )
             .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = client.encrypt("return 2");
+    assert_eq!(client.send("/execute", &refused).await.0, 429);
+    assert_eq!(running.await.unwrap().0, 200);
+    // ... did not burn its IV: sent again, it runs.
+    let (status, body) = client.send("/execute", &refused).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(client.decrypt(&json_of(&body))["value"], 2);
+    // Two IVs remembered; one more across another session, then the broker is full.
+    let other = Legacy::connect(&broker).await;
+    assert_eq!(other.execute("return 3").await.unwrap()["value"], 3);
+    let (status, body) = other.execute("return 4").await.unwrap_err();
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
             .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
+            .contains("legacy request IVs"),
+        "{body}"
     );
-    assert_eq!(info["legacyApi"], false);
-    // Protocol v1 is unaffected.
-    let mut client = V1::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
-    assert_eq!(value(&client.execute("return 1").await.unwrap()), json!(1));
 }
 
 /// As for protocol v1: a stream whose client goes away stops its job and frees the
 /// session's only job slot well before the STRICT 5-second time limit.
 #[tokio::test]
 async fn a_legacy_client_that_goes_away_cancels_its_stream() {
-    let broker = Broker::start(&["--max-jobs-per-session", "1"]);
+    let broker = Broker::start(&["--legacy-api", "--max-jobs-per-session", "1"]);
     let client = Legacy::connect(&broker).await;
     let http = http();
     let response = http

@@ -5,5 +5,6 @@
 mod support;
 
 mod legacy;
+mod limits;
 mod seed;
 mod v1;

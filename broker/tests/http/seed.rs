@@ -33,7 +33,7 @@ fn node() -> &'static str {
 #[tokio::test]
 async fn the_seed_client_works_unchanged() {
     let node = node();
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--legacy-api"]);
     let base = broker.base.clone();
     let output =
         tokio::task::spawn_blocking(move || Command::new(node).arg(SCRIPT).arg(base).output())

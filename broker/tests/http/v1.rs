@@ -337,7 +337,7 @@ async fn info_and_the_playground() {
             "SUITE_P256_ED25519_AES256GCM_SHA256"
         ])
     );
-    assert_eq!(info["legacyApi"], true);
+    assert_eq!(info["legacyApi"], false);
 
     let page = http().get(broker.url("/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);

@@ -86,3 +86,42 @@ async fn job_failures_are_results_with_code_and_line() {
         .unwrap();
     assert_eq!(timeout.result.unwrap_err().code, ErrorCode::Timeout);
 }
+
+/// Every call has a deadline by default, and a custom one cancels the call when it
+/// passes: a unary call and a stream alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_at_the_request_timeout() {
+    assert_eq!(
+        enclave_client::builder::DEFAULT_REQUEST_TIMEOUT,
+        std::time::Duration::from_secs(120)
+    );
+    let broker = Broker::start("timeout");
+    let client = broker
+        .builder()
+        .request_timeout(std::time::Duration::from_millis(800))
+        .connect()
+        .await
+        .unwrap();
+    let slow = "const t = Date.now(); while (Date.now() - t < 3000) {} return 1";
+    let started = std::time::Instant::now();
+    let err = client.execute(slow).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::DeadlineExceeded), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let mut events = client.execute_streaming(format!("console.log('started'); {slow}"));
+    use futures::StreamExt;
+    assert!(events.next().await.unwrap().is_ok());
+    let err = events.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            enclave_client::ClientError::StreamTruncated {
+                status: Some((tonic::Code::DeadlineExceeded, _))
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // The client goes on.
+    let run = client.execute("return 2").await.unwrap();
+    assert_eq!(run.result, Ok(serde_json::json!(2)));
+}

@@ -89,3 +89,48 @@ async fn a_failing_stream_ends_with_an_error_event() {
         assert!(matches!(last, Event::Final { result, .. } if result == &json!(i)));
     }
 }
+
+/// Streams the client does not read hold only their own data: other requests on the
+/// same client go on (HTTP/2 flow control must not let them take the connection's
+/// whole receive window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_streams_do_not_block_other_requests() {
+    let broker = Broker::start("unread");
+    let client = broker.client().await;
+    // Each job writes ~9 MiB of console output, far past any window, and nobody reads it.
+    let noisy =
+        "const line = 'x'.repeat(60000); for (let i = 0; i < 150; i++) console.log(line); return 1";
+    let mut unread = Vec::new();
+    for _ in 0..4 {
+        let mut job = enclave_client::Job {
+            code: noisy.into(),
+            level: enclave_client::SecurityLevel::Permissive as i32,
+            ..Default::default()
+        };
+        job.limits = None;
+        let mut events = client.execute_streaming_job(job);
+        // Started: its first event has arrived, the rest waits for a reader.
+        assert!(matches!(
+            events.next().await,
+            Some(Ok(Event::Console { .. }))
+        ));
+        unread.push(events);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.execute("return 'not blocked'"),
+    )
+    .await
+    .expect("a request on the same client is not blocked by the unread streams")
+    .unwrap();
+    assert_eq!(run.result, Ok(json!("not blocked")));
+    // And the unread streams are still whole when read at last.
+    for mut events in unread {
+        let mut last = None;
+        while let Some(event) = events.next().await {
+            last = Some(event.unwrap());
+        }
+        assert!(matches!(last, Some(Event::Final { .. })), "{last:?}");
+    }
+}

@@ -191,13 +191,27 @@ class EnclaveClient:
         )
 
     def _unary(self, method: str, kind: Kind, reply_kind: Kind, plaintext: bytes, rekey=False) -> bytes:
-        session = self._require_session()
-        record = session.seal_rekey_request() if rekey else session.seal_request(kind, plaintext)
-        try:
-            reply = getattr(self.stub, method)(self._to_proto(record), timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise _rpc_error(method, e) from None
-        return session.open_reply(record.seq, reply_kind, Record.from_proto(reply))
+        # §10.5/§11: UNAUTHENTICATED means the broker no longer has the session (expired,
+        # evicted, broker restarted) and ran nothing: one new handshake, one more try.
+        for attempt in (0, 1):
+            session = self._require_session()
+            record = session.seal_rekey_request() if rekey else session.seal_request(kind, plaintext)
+            try:
+                reply = getattr(self.stub, method)(self._to_proto(record), timeout=self.timeout)
+            except grpc.RpcError as e:
+                if attempt == 0 and self._session_lost(e):
+                    continue
+                raise _rpc_error(method, e) from None
+            return session.open_reply(record.seq, reply_kind, Record.from_proto(reply))
+        raise AssertionError("unreachable")
+
+    def _session_lost(self, err: grpc.RpcError) -> bool:
+        """Forgets the session when the broker says it does not know it, so the next
+        attempt starts with a new handshake."""
+        if err.code() != grpc.StatusCode.UNAUTHENTICATED:
+            return False
+        self.session = None
+        return True
 
     def job(self, code: str, *, level="STRICT", input_json: str = "", limits: Optional[dict] = None):
         """Builds a `Job` protobuf. `level` is a name ("STRICT", ...) or its number;
@@ -238,8 +252,9 @@ class EnclaveClient:
         `final` or `error` (§10.2). Raises `TruncatedStreamError` when the stream ends
         without its final record."""
         pb = self.pb.broker_pb2
-        session = self._require_session()
         plaintext = pb.ExecuteRequest(job=self.job(code, **job_options)).SerializeToString()
+        retried = False
+        session = self._require_session()
         record = session.seal_request(Kind.STREAM_REQUEST, plaintext)
         opener = session.stream_opener(record.seq)
         call = self.stub.ExecuteStream(self._to_proto(record), timeout=self.timeout)
@@ -253,6 +268,17 @@ class EnclaveClient:
                 except grpc.RpcError as e:
                     if opener.finished:
                         break  # a status after STREAM_FINAL changes nothing
+                    if opener.next_index == 0 and not retried and self._session_lost(e):
+                        # Nothing ran (no record was opened): as for unary calls, one
+                        # new handshake and the request once more.
+                        retried = True
+                        call.cancel()
+                        session = self._require_session()
+                        record = session.seal_request(Kind.STREAM_REQUEST, plaintext)
+                        opener = session.stream_opener(record.seq)
+                        call = self.stub.ExecuteStream(self._to_proto(record), timeout=self.timeout)
+                        replies = iter(call)
+                        continue
                     if opener.next_index == 0:
                         raise _rpc_error("ExecuteStream", e) from None
                     raise TruncatedStreamError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import time
 
 import grpc
 import pytest
@@ -22,6 +23,8 @@ from enclave_client import (
     load_public_key_fingerprint,
 )
 from enclave_client.protocol import ClientHandshake, Kind, ServerHelloFields
+
+from conftest import start_broker
 
 SUITES = ["x25519", "p256"]
 
@@ -351,11 +354,33 @@ def _bare_session(server, suite="x25519"):
 
 
 def test_unauthenticated_session_is_refused(auth_broker):
+    """Refused with UNAUTHENTICATED; the client's one new handshake then finds that the
+    broker requires an identity it does not have."""
     client = _bare_session(auth_broker)
-    with pytest.raises(RemoteError) as e:
+    with pytest.raises(ClientAuthRequiredError):
         client.execute("return 1")
-    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
     client.shutdown()
+
+
+def test_a_forgotten_session_is_replaced_by_a_new_handshake(tmp_path):
+    """§10.5: a broker may drop a session at any time (here: idle for a second); the
+    client's next request gets UNAUTHENTICATED, handshakes again and runs, as the Rust
+    client does. Unary calls and streams alike."""
+    server = start_broker(tmp_path, "--session-idle-secs", "1")
+    try:
+        with EnclaveClient(server.addr, server.fingerprint) as client:
+            assert client.execute("return 1").value == 1
+            first = client.session
+            time.sleep(1.5)
+            assert client.execute("return 2").value == 2
+            assert client.session is not first
+            second = client.session
+            time.sleep(1.5)
+            events = list(client.execute_stream("return 3"))
+            assert events[-1].final.result_json == "3"
+            assert client.session is not second
+    finally:
+        server.stop()
 
 
 def test_failed_client_auth_does_not_end_the_session(auth_broker, client_key, tmp_path):
