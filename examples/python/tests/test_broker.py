@@ -289,11 +289,16 @@ def test_rekey_then_close(broker, suite):
         assert client.execute(f"return {epoch}").value == epoch
     assert [e.WhichOneof("event") for e in client.execute_stream("return 0")] == ["final"]
     client.close_session()
-    # §10.3: the broker forgot the session
-    client.session = session
-    with pytest.raises(RemoteError) as e:
-        client.execute("return 1")
-    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+    # §10.3: the broker forgot the session. Sent raw: the client itself would answer
+    # UNAUTHENTICATED with a new handshake (§10.5).
+    pb = client.pb.broker_pb2
+    plaintext = pb.ExecuteRequest(job=client.job("return 1")).SerializeToString()
+    with pytest.raises(grpc.RpcError) as e:
+        _send(client, "Execute", session.seal_request(Kind.EXECUTE_REQUEST, plaintext))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # ... and the client goes on with a new session
+    assert client.execute("return 4").value == 4
+    assert client.session is not session
     client.shutdown()
 
 
