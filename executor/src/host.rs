@@ -15,9 +15,22 @@ use enclave_proto::v1::{
 use tokio::sync::mpsc;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 
+use crate::json::{MAX_DEPTH, make_well_formed};
 use crate::limits::Limits;
 
 const MODULE: &str = "enclave";
+
+/// The longest tool name a script may call, in bytes: names are identifiers
+/// (`http:fetch`, `db:query`), and every byte of one travels in an event.
+pub const MAX_TOOL_NAME_BYTES: usize = 256;
+
+/// What one console line costs against `max_console_bytes` beyond its text: a line is a
+/// sealed event of its own, so a flood of empty lines is output too.
+pub const CONSOLE_LINE_OVERHEAD: u64 = 64;
+
+/// The longest error name a job reports, in bytes; the message and stack share the
+/// rest of the job's result limit (see [`bound_error`]).
+const MAX_ERROR_NAME_BYTES: usize = 256;
 
 /// Why the host ended a job early. Carried through wasmtime as the trap's error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +48,12 @@ impl Breach {
     }
     pub fn internal(message: impl Into<String>) -> Breach {
         Breach::new(ErrorCode::Internal, message)
+    }
+    pub fn memory_limit(limit_bytes: u64) -> Breach {
+        Breach::new(
+            ErrorCode::MemoryLimit,
+            format!("the job exceeded its memory limit of {limit_bytes} bytes"),
+        )
     }
     pub fn timeout(limits: &Limits) -> Breach {
         Breach::new(
@@ -72,6 +91,9 @@ pub enum GuestOutcome {
 /// trap that follows can be reported as MEMORY_LIMIT.
 #[derive(Debug, Default)]
 pub struct MemoryCap {
+    /// The job's limit, as the error message states it.
+    pub limit_bytes: u64,
+    /// The linear memory's cap: the engine's baseline plus the job's limit.
     pub max_bytes: usize,
     pub peak_bytes: usize,
     pub refused: bool,
@@ -85,8 +107,10 @@ impl ResourceLimiter for MemoryCap {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
+            // A trap, not a refused `memory.grow`: the engine would turn a refusal into
+            // an exception the script can catch, or into a misleading error of its own.
             self.refused = true;
-            return Ok(false);
+            return Err(Breach::memory_limit(self.limit_bytes).into());
         }
         self.peak_bytes = self.peak_bytes.max(desired).max(current);
         Ok(true)
@@ -118,6 +142,7 @@ pub struct JobState {
     pub job: (Vec<u8>, Vec<u8>),
     pub tool_calls: u32,
     pub console_bytes: u64,
+    pub console_lines: u64,
     pub outcome: Option<GuestOutcome>,
     /// Set when the caller broke the protocol; ends the job without a final event.
     pub caller_fault: Option<String>,
@@ -137,6 +162,7 @@ impl JobState {
             deadline: started + limits.timeout,
             started,
             memory_cap: MemoryCap {
+                limit_bytes: limits.memory_bytes,
                 max_bytes,
                 peak_bytes: 0,
                 refused: false,
@@ -151,6 +177,7 @@ impl JobState {
             job,
             tool_calls: 0,
             console_bytes: 0,
+            console_lines: 0,
             outcome: None,
             caller_fault: None,
         }
@@ -246,6 +273,13 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         MODULE,
+        "out_of_memory",
+        |caller: Caller<'_, JobState>| -> wasmtime::Result<()> {
+            Err(Breach::memory_limit(caller.data().memory_cap.limit_bytes).into())
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
         "finish",
         |mut caller: Caller<'_, JobState>, kind: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
             let limit = caller.data().limits.max_result_bytes;
@@ -260,8 +294,17 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
                 .into());
             }
             let bytes = guest_bytes(&caller, ptr, len)?;
-            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let (text, depth) = make_well_formed(String::from_utf8_lossy(&bytes).into_owned());
             caller.data_mut().outcome = Some(if kind == 0 {
+                if depth > MAX_DEPTH {
+                    return Err(Breach::new(
+                        ErrorCode::ResultTooLarge,
+                        format!(
+                            "the result is nested {depth} levels deep; the limit is {MAX_DEPTH}"
+                        ),
+                    )
+                    .into());
+                }
                 GuestOutcome::Result(text)
             } else {
                 GuestOutcome::Error(kind, text)
@@ -280,11 +323,13 @@ async fn console(
 ) -> Result<(), Breach> {
     let state = caller.data();
     let total = state.console_bytes.saturating_add(len as u32 as u64);
-    if total > state.limits.max_console_bytes {
+    let lines = state.console_lines + 1;
+    if total.saturating_add(lines * CONSOLE_LINE_OVERHEAD) > state.limits.max_console_bytes {
         return Err(Breach::new(
             ErrorCode::OutputLimit,
             format!(
-                "console output exceeded its limit of {} bytes",
+                "console output exceeded its limit of {} bytes (each line counts \
+                 {CONSOLE_LINE_OVERHEAD} bytes more than its text)",
                 state.limits.max_console_bytes
             ),
         ));
@@ -292,6 +337,7 @@ async fn console(
     let bytes = guest_bytes(&caller, ptr, len)?;
     let mut caller = caller;
     caller.data_mut().console_bytes = total;
+    caller.data_mut().console_lines = lines;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let event = Event::Console(ConsoleEvent {
         level: console_level(level) as i32,
@@ -327,9 +373,23 @@ async fn tool_start(
             ),
         ));
     }
+    let name_bytes = name_len as u32 as usize;
+    if name_bytes > MAX_TOOL_NAME_BYTES {
+        return Err(Breach::new(
+            ErrorCode::ToolCallLimit,
+            format!("the tool name is {name_bytes} bytes; the limit is {MAX_TOOL_NAME_BYTES}"),
+        ));
+    }
     let name = String::from_utf8_lossy(&guest_bytes(&caller, name_ptr, name_len)?).into_owned();
     let args_json =
         String::from_utf8_lossy(&guest_bytes(&caller, args_ptr, args_len)?).into_owned();
+    let (args_json, depth) = make_well_formed(args_json);
+    if depth > MAX_DEPTH {
+        return Err(Breach::new(
+            ErrorCode::ToolCallLimit,
+            format!("tool call arguments are nested {depth} levels deep; the limit is {MAX_DEPTH}"),
+        ));
+    }
     let state = caller.data_mut();
     state.tool_calls += 1;
     let call_id = state.next_call_id;
@@ -377,4 +437,29 @@ async fn tool_wait(mut caller: Caller<'_, JobState>) -> wasmtime::Result<u64> {
     let packed = (u64::from(call_id) << 32) | (u64::from(is_error) << 31) | payload.len() as u64;
     state.taken = payload;
     Ok(packed)
+}
+
+/// Bounds a script's error report by the job's result limit, as the result itself is:
+/// the name to [`MAX_ERROR_NAME_BYTES`], the message to half the limit, the stack to what
+/// is left. Each cut text ends with a marker that gives its full length.
+pub fn bound_error(name: &mut String, message: &mut String, stack: &mut String, limit: u64) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    truncate(name, MAX_ERROR_NAME_BYTES.min(limit));
+    truncate(message, limit / 2);
+    truncate(stack, limit.saturating_sub(name.len() + message.len()));
+}
+
+fn truncate(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let marker = format!("… [truncated: {} bytes in all]", text.len());
+    let mut end = max.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    if marker.len() <= max {
+        text.push_str(&marker);
+    }
 }

@@ -4,6 +4,8 @@
 //! - [`sandbox`]: the engine, the Wizer snapshot of the QuickJS guest, running a job.
 //! - `epoch`: the clock thread behind time limits, asleep while no job runs.
 //! - [`host`]: per-job state and the `enclave` imports, where limits are enforced.
+//! - `json`: JSON leaving the sandbox made readable by every client (no lone
+//!   surrogates, bounded nesting).
 //! - [`wasi`]: the handful of WASI functions the guest's libc needs, stubbed.
 //! - [`limits`]: security-level presets, overrides, ceilings.
 //! - [`jobs`]: the one job API: admission (checks, limits, a slot) and running (events
@@ -19,6 +21,7 @@
 mod epoch;
 pub mod host;
 pub mod jobs;
+mod json;
 pub mod limits;
 pub mod listener;
 pub mod runtime;

@@ -13,8 +13,8 @@ const MIB: u64 = 1024 * KIB;
 pub struct Limits {
     /// Wall clock for the whole job, time spent waiting for tool results included.
     pub timeout: Duration,
-    /// Heap the script may allocate (QuickJS's allocator limit; the sandbox's linear
-    /// memory is capped at this plus the engine's own baseline).
+    /// Memory the script may use: the sandbox's linear memory may grow this far past
+    /// the engine's own baseline; an allocation that would go further ends the job.
     pub memory_bytes: u64,
     pub max_tool_calls: u32,
     /// Bytes of console text (after formatting) over the whole job.

@@ -21,7 +21,7 @@ use wasmtime::{
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
 use crate::epoch::EpochTicker;
-use crate::host::{self, Breach, CallerFault, GuestOutcome, JobState};
+use crate::host::{self, Breach, CallerFault, GuestOutcome, JobState, bound_error};
 use crate::limits::{LimitError, Limits};
 use crate::wasi;
 
@@ -224,7 +224,7 @@ impl Sandbox {
         };
         store.data_mut().memory = Some(memory);
         // One call per job: the guest pulls its code and input through `job_take`.
-        let run: TypedFunc<(u32, u32, u64, u64), ()> = instance
+        let run: TypedFunc<(u32, u32, u64), ()> = instance
             .get_module_export(&mut *store, &self.exports.run)
             .and_then(Extern::into_func)
             .ok_or_else(|| wasmtime::Error::new(Breach::internal("guest export missing")))?
@@ -234,9 +234,8 @@ impl Sandbox {
             u32::try_from(state.job.0.len()).map_err(|_| Breach::internal("code too large"))?;
         let input_len =
             u32::try_from(state.job.1.len()).map_err(|_| Breach::internal("input too large"))?;
-        let memory_bytes = state.limits.memory_bytes;
         let seed: u64 = rand::random();
-        run.call_async(&mut *store, (code_len, input_len, seed, memory_bytes))
+        run.call_async(&mut *store, (code_len, input_len, seed))
             .await
     }
 }
@@ -343,7 +342,6 @@ fn guest_outcome(state: &JobState) -> final_event::Outcome {
             let code = match kind {
                 1 => ErrorCode::ScriptError,
                 2 => ErrorCode::SyntaxError,
-                3 => ErrorCode::MemoryLimit,
                 _ => ErrorCode::Internal,
             };
             final_event::Outcome::Error(script_error(code, json, state))
@@ -370,12 +368,13 @@ fn script_error(code: ErrorCode, json: &str, state: &JobState) -> JobError {
     if message.is_empty() && parsed.is_null() {
         message = json.to_string();
     }
-    if code == ErrorCode::MemoryLimit {
-        message = format!(
-            "the job exceeded its memory limit of {} bytes",
-            state.limits.memory_bytes
-        );
-    }
+    let (mut name, mut stack) = (text("name"), text("stack"));
+    bound_error(
+        &mut name,
+        &mut message,
+        &mut stack,
+        state.limits.max_result_bytes,
+    );
     // An error at the very end of the input (a missing brace) points at the wrapper's
     // closing line, one past the script's last: report the script's last line instead.
     let script = std::str::from_utf8(&state.job.0).unwrap_or_default();
@@ -388,24 +387,21 @@ fn script_error(code: ErrorCode, json: &str, state: &JobState) -> JobError {
     JobError {
         code: code as i32,
         message,
-        name: text("name"),
+        name,
         line: line as u32,
-        stack: text("stack"),
+        stack,
     }
 }
 
 /// The guest was stopped: by a host-side limit, a wasm trap, or a memory refusal.
 fn trap_error(error: &wasmtime::Error, state: &JobState) -> JobError {
-    let (code, message) = if let Some(breach) = error.downcast_ref::<Breach>() {
+    let refused = state
+        .memory_cap
+        .refused
+        .then(|| Breach::memory_limit(state.limits.memory_bytes));
+    let (code, message) = if let Some(breach) = error.downcast_ref::<Breach>().or(refused.as_ref())
+    {
         (breach.code, breach.message.clone())
-    } else if state.memory_cap.refused {
-        (
-            ErrorCode::MemoryLimit,
-            format!(
-                "the job exceeded its memory limit of {} bytes",
-                state.limits.memory_bytes
-            ),
-        )
     } else if let Some(trap) = error.downcast_ref::<Trap>() {
         match trap {
             Trap::StackOverflow => (

@@ -24,6 +24,9 @@ unsafe extern "C" {
     fn host_job_take(code_ptr: *mut u8, input_ptr: *mut u8);
     #[link_name = "finish"]
     fn host_finish(kind: i32, ptr: *const u8, len: usize);
+    /// Ends the job with MEMORY_LIMIT; never returns.
+    #[link_name = "out_of_memory"]
+    fn host_out_of_memory();
 }
 
 pub fn console(level: i32, text: &[u8]) {
@@ -62,4 +65,11 @@ pub fn job_take(code_len: usize, input_len: usize) -> (Vec<u8>, Vec<u8>) {
 
 pub fn finish(kind: i32, payload: &[u8]) {
     unsafe { host_finish(kind, payload.as_ptr(), payload.len()) }
+}
+
+/// An allocation failed: the host ends the job (it traps the instance).
+pub fn out_of_memory() -> ! {
+    unsafe { host_out_of_memory() };
+    // The host never returns from it; if it did, stop here all the same.
+    std::process::abort()
 }

@@ -11,10 +11,12 @@
 use std::cell::{Cell, RefCell};
 
 use rquickjs::context::EvalOptions;
-use rquickjs::function::{Func, Opt};
-use rquickjs::{Context, Ctx, Function, Object, Persistent, Runtime, Value};
+use rquickjs::function::Func;
+use rquickjs::promise::PromiseState;
+use rquickjs::{Context, Ctx, Function, Object, Persistent, Promise, Runtime, Value};
 
 mod abi;
+mod alloc;
 mod rng;
 
 /// Outcome kinds passed to `abi::finish`; the host maps them to error codes.
@@ -24,23 +26,21 @@ enum Outcome {
     Ok = 0,
     ScriptError = 1,
     SyntaxError = 2,
-    OutOfMemory = 3,
 }
 
 /// Filename scripts see in stack traces; the host looks for it to find line numbers.
-const SCRIPT_NAME: &str = "script.js";
+const SCRIPT_NAME: &std::ffi::CStr = c"script.js";
 
 struct Engine {
-    rt: Runtime,
+    /// Owns the engine the context lives in.
+    _rt: Runtime,
     ctx: Context,
-    /// `{ settle, deliver, describe }` from the prelude, kept out of the script's reach.
+    /// `{ serialize, deliver, describe }` from the prelude, kept out of the script's reach.
     internals: Persistent<Object<'static>>,
 }
 
 thread_local! {
     static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
-    /// Set by the prelude's `done` once the job's promise settles.
-    static DONE: Cell<bool> = const { Cell::new(false) };
     /// Tool calls started and not yet answered.
     static PENDING_TOOLS: Cell<u32> = const { Cell::new(0) };
 }
@@ -48,13 +48,12 @@ thread_local! {
 /// Runs once, at snapshot time.
 #[unsafe(export_name = "wizer-initialize")]
 pub extern "C" fn initialize() {
-    let rt = Runtime::new().expect("QuickJS runtime");
+    let rt = Runtime::new_with_alloc(alloc::FatalOnFailure).expect("QuickJS runtime");
     let ctx = Context::full(&rt).expect("QuickJS context");
     let internals = ctx.with(|ctx| {
         let host = Object::new(ctx.clone())?;
         host.set("console", Func::from(host_console))?;
         host.set("toolStart", Func::from(host_tool_start))?;
-        host.set("done", Func::from(host_done))?;
         host.set("random", Func::from(rng::next_f64))?;
         let setup: Function =
             ctx.eval_with_options(include_str!("prelude.js"), options("prelude.js"))?;
@@ -70,19 +69,28 @@ pub extern "C" fn initialize() {
     rt.run_gc();
     let live = rt.memory_usage().malloc_size.max(0) as usize;
     rt.set_gc_threshold(live + live / 2);
-    ENGINE.with(|e| *e.borrow_mut() = Some(Engine { rt, ctx, internals }));
+    ENGINE.with(|e| {
+        *e.borrow_mut() = Some(Engine {
+            _rt: rt,
+            ctx,
+            internals,
+        })
+    });
 }
 
 /// Runs one job to completion and reports through `abi::finish`. The only call the
 /// host makes per job: code and input come through `abi::job_take`.
 #[unsafe(no_mangle)]
-pub extern "C" fn run(code_len: usize, input_len: usize, seed: u64, memory_limit: u64) {
+///
+/// The engine has no memory limit of its own: the host caps the linear memory and traps
+/// the instance when an allocation would grow it past the job's limit, so running out
+/// of memory ends the job whichever allocation hits it, and no script can catch it.
+pub extern "C" fn run(code_len: usize, input_len: usize, seed: u64) {
     let (code, input) = abi::job_take(code_len, input_len);
     rng::seed(seed);
     ENGINE.with(|e| {
         let engine = e.borrow();
         let engine = engine.as_ref().expect("initialised by wizer-initialize");
-        engine.rt.set_memory_limit(memory_limit as usize);
         engine.ctx.with(|ctx| run_job(&ctx, engine, &code, &input));
     });
 }
@@ -93,6 +101,27 @@ fn options(filename: &str) -> EvalOptions {
     opts.strict = false;
     opts.filename = Some(filename.to_string());
     opts
+}
+
+/// Evaluates the wrapped script. Straight through `JS_Eval`, which takes a length:
+/// rquickjs's `eval` makes a C string first, which refuses a NUL byte that is valid
+/// JavaScript inside a string literal or a comment.
+fn eval_script<'js>(ctx: &Ctx<'js>, mut source: Vec<u8>) -> Value<'js> {
+    let len = source.len();
+    source.push(0); // JS_Eval reads one byte past the end
+    // SAFETY: `source` is `len` bytes followed by a NUL, as JS_Eval requires, and
+    // outlives the call; the context pointer comes from a live `Ctx`. The returned value
+    // is owned and handed to `Value::from_raw`, which frees it once.
+    unsafe {
+        let raw = rquickjs::qjs::JS_Eval(
+            ctx.as_raw().as_ptr(),
+            source.as_ptr().cast(),
+            len as _,
+            SCRIPT_NAME.as_ptr(),
+            rquickjs::qjs::JS_EVAL_TYPE_GLOBAL as i32,
+        );
+        Value::from_raw(ctx.clone(), raw)
+    }
 }
 
 fn run_job<'js>(ctx: &Ctx<'js>, engine: &Engine, code: &[u8], input: &[u8]) {
@@ -116,21 +145,26 @@ fn run_job<'js>(ctx: &Ctx<'js>, engine: &Engine, code: &[u8], input: &[u8]) {
     source.extend_from_slice(b"(async function () {");
     source.extend_from_slice(code);
     source.extend_from_slice(b"\n})()");
-    let promise: Value = match ctx.eval_with_options(source, options(SCRIPT_NAME)) {
-        Ok(p) => p,
-        Err(_) => return report_exception(ctx, &internals, Outcome::SyntaxError),
-    };
-    let settle: Function = match internals.get("settle") {
-        Ok(f) => f,
-        Err(e) => return fail_internal(&format!("prelude broken: {e}")),
-    };
-    if settle.call::<_, ()>((promise,)).is_err() {
-        return report_exception(ctx, &internals, Outcome::ScriptError);
+    let promise = eval_script(ctx, source);
+    if promise.is_exception() {
+        return report_exception(ctx, &internals, Outcome::SyntaxError);
     }
+    // The promise is read by the engine's own state, not through `then`: a script that
+    // replaces `Promise.prototype.then` or `constructor` cannot keep its outcome from
+    // being reported.
+    let Some(promise) = promise.into_promise() else {
+        return fail_internal("the wrapper did not return a promise");
+    };
     loop {
         while ctx.execute_pending_job() {}
-        if DONE.get() {
-            return;
+        match promise.state() {
+            PromiseState::Resolved => return report_result(ctx, &internals, &promise),
+            PromiseState::Rejected => {
+                // Rethrows the reason as the pending exception.
+                let _ = promise.result::<Value>();
+                return report_exception(ctx, &internals, Outcome::ScriptError);
+            }
+            PromiseState::Pending => {}
         }
         if PENDING_TOOLS.get() == 0 {
             return finish_json(
@@ -151,7 +185,24 @@ fn run_job<'js>(ctx: &Ctx<'js>, engine: &Engine, code: &[u8], input: &[u8]) {
     }
 }
 
-/// Reports the pending exception; QuickJS's own "out of memory" gets its own outcome.
+/// Reports the value the script returned, as JSON.
+fn report_result<'js>(ctx: &Ctx<'js>, internals: &Object<'js>, promise: &Promise<'js>) {
+    let serialized = promise
+        .result::<Value>()
+        .and_then(Result::ok)
+        .and_then(|value| {
+            internals
+                .get::<_, Function>("serialize")
+                .and_then(|f| f.call::<_, String>((value,)))
+                .ok()
+        });
+    match serialized {
+        Some(json) => finish_json(Outcome::Ok, &json),
+        None => report_exception(ctx, internals, Outcome::ScriptError),
+    }
+}
+
+/// Reports the pending exception.
 fn report_exception<'js>(ctx: &Ctx<'js>, internals: &Object<'js>, kind: Outcome) {
     let exception = ctx.catch();
     let described: Option<String> = internals
@@ -159,18 +210,11 @@ fn report_exception<'js>(ctx: &Ctx<'js>, internals: &Object<'js>, kind: Outcome)
         .and_then(|f| f.call((exception,)))
         .ok();
     match described {
-        Some(json) => {
-            let kind = if json.contains(r#""message":"out of memory""#) {
-                Outcome::OutOfMemory
-            } else {
-                kind
-            };
-            finish_json(kind, &json)
-        }
-        // Describing failed: almost always because memory is exhausted.
+        Some(json) => finish_json(kind, &json),
+        // `describe` catches everything itself; this is the engine failing to call it.
         None => finish_json(
-            Outcome::OutOfMemory,
-            r#"{"name":"InternalError","message":"out of memory"}"#,
+            kind,
+            r#"{"name":"Error","message":"uncaught exception (the thrown value could not be described)"}"#,
         ),
     }
 }
@@ -180,7 +224,6 @@ fn fail_internal(message: &str) {
 }
 
 fn finish_json(kind: Outcome, json: &str) {
-    DONE.set(true);
     abi::finish(kind as i32, json.as_bytes());
 }
 
@@ -191,15 +234,4 @@ fn host_console(level: i32, text: String) {
 fn host_tool_start(name: String, args_json: String) -> f64 {
     PENDING_TOOLS.set(PENDING_TOOLS.get() + 1);
     f64::from(abi::tool_start(name.as_bytes(), args_json.as_bytes()))
-}
-
-/// Called by the prelude when the job's promise settles: `ok` with the result's JSON, or
-/// an error description (JSON) otherwise.
-fn host_done(ok: bool, json: String, oom: Opt<bool>) {
-    let kind = match (ok, oom.0.unwrap_or(false)) {
-        (true, _) => Outcome::Ok,
-        (false, true) => Outcome::OutOfMemory,
-        (false, false) => Outcome::ScriptError,
-    };
-    finish_json(kind, &json);
 }

@@ -1,29 +1,35 @@
 // Evaluated once, at snapshot time. Returns the internals the guest's Rust side calls;
 // nothing here is reachable from scripts except the globals it deliberately defines
-// (console, callTool, Math.random). Built-ins are captured up front so a script that
-// replaces JSON.stringify or Promise.prototype.then breaks only its own code, never the
-// reporting of its result.
+// (console, callTool, Math.random). Built-ins are captured up front, and methods are
+// called through `uncurry` rather than `.call`, so a script that replaces JSON.stringify,
+// Function.prototype.call, String.prototype.split or Error.prototype.name breaks only its
+// own code, never the reporting of its result or error.
 (function setup(host) {
   'use strict';
+  const uncurry = Function.prototype.bind.bind(Function.prototype.call);
   const stringify = JSON.stringify;
   const parse = JSON.parse;
-  const then = Promise.prototype.then;
   const PromiseCtor = Promise;
   const ErrorCtor = Error;
   const TypeErrorCtor = TypeError;
+  const NumberCtor = Number;
   const MapCtor = Map;
-  const mapGet = Map.prototype.get;
-  const mapSet = Map.prototype.set;
-  const mapDelete = Map.prototype.delete;
+  const mapGet = uncurry(Map.prototype.get);
+  const mapSet = uncurry(Map.prototype.set);
+  const mapDelete = uncurry(Map.prototype.delete);
+  const indexOf = uncurry(String.prototype.indexOf);
+  const slice = uncurry(String.prototype.slice);
+  const toWellFormed = uncurry(String.prototype.toWellFormed);
+  const regexpExec = uncurry(RegExp.prototype.exec);
   const isArray = Array.isArray;
   const objectKeys = Object.keys;
   const getPrototypeOf = Object.getPrototypeOf;
   const defineProperty = Object.defineProperty;
   const hostConsole = host.console;
   const hostToolStart = host.toolStart;
-  const hostDone = host.done;
   const hostRandom = host.random;
   const SCRIPT_LINE = /script\.js:(\d+)/;
+  const CIRCULAR = /circular|cyclic/i;
 
   // ---- console: util.inspect-like, enough to read objects at a glance ----
   function inspect(value, depth, seen, nested) {
@@ -90,7 +96,7 @@
   const consoleObj = {};
   for (const name of objectKeys(levels)) {
     const level = levels[name];
-    consoleObj[name] = function () { hostConsole(level, format(arguments)); };
+    consoleObj[name] = function () { hostConsole(level, toWellFormed(format(arguments))); };
   }
   consoleObj.trace = consoleObj.debug;
   defineProperty(globalThis, 'console', { value: consoleObj, writable: true, configurable: true, enumerable: false });
@@ -102,8 +108,8 @@
       if (typeof name !== 'string' || name === '') throw new TypeErrorCtor('callTool: the tool name must be a non-empty string');
       const json = stringify(args === undefined ? null : args);
       if (json === undefined) throw new TypeErrorCtor('callTool: arguments must be JSON-serialisable');
-      const id = hostToolStart(name, json);
-      mapSet.call(pending, id, { resolve, reject, name });
+      const id = hostToolStart(toWellFormed(name), json);
+      mapSet(pending, id, { resolve, reject, name });
     });
   }
   defineProperty(globalThis, 'callTool', { value: callTool, writable: true, configurable: true, enumerable: false });
@@ -112,24 +118,60 @@
   defineProperty(Math, 'random', { value: function random() { return hostRandom(); }, writable: true, configurable: true, enumerable: false });
 
   // ---- results ----
+  // What is reported when a thrown value cannot be described (its getters throw, it is a
+  // revoked proxy, ...): honest, and never mistaken for a limit.
+  const UNDESCRIBABLE = '{"name":"Error","message":"uncaught exception (the thrown value could not be described)","line":0,"stack":""}';
   // Frames of the prelude and of the wrapper's own call are ours, not the script's.
   function scriptFrames(stack) {
-    return stack.split('\n').filter(function (l) { return l.indexOf('prelude.js') === -1 && l.indexOf('<eval>') === -1 && l.indexOf('(native)') === -1; }).join('\n');
+    let out = '';
+    let kept = 0;
+    let start = 0;
+    while (start <= stack.length) {
+      let end = indexOf(stack, '\n', start);
+      if (end === -1) end = stack.length;
+      const line = slice(stack, start, end);
+      if (indexOf(line, 'prelude.js') === -1 && indexOf(line, '<eval>') === -1 && indexOf(line, '(native)') === -1) {
+        out = kept === 0 ? line : out + '\n' + line;
+        kept++;
+      }
+      start = end + 1;
+    }
+    return out;
+  }
+  // A property that is a string, or undefined: reading it may run the script's getters.
+  function text(read) {
+    try {
+      const value = read();
+      return typeof value === 'string' ? value : undefined;
+    } catch (_) {
+      return undefined;
+    }
+  }
+  function describeError(error) {
+    const raw = text(function () { return error.stack; });
+    const stack = scriptFrames(raw === undefined ? '' : raw);
+    const m = regexpExec(SCRIPT_LINE, stack);
+    const name = text(function () { return error.name; });
+    const message = text(function () { return error.message; });
+    return stringify({
+      __proto__: null,
+      name: name === undefined ? 'Error' : name,
+      message: message === undefined ? '' : message,
+      line: m ? NumberCtor(m[1]) : 0,
+      stack: stack,
+    });
   }
   function describe(error) {
-    if (error instanceof ErrorCtor) {
-      const stack = scriptFrames(typeof error.stack === 'string' ? error.stack : '');
-      const m = SCRIPT_LINE.exec(stack);
-      return stringify({
-        name: String(error.name),
-        message: String(error.message),
-        line: m ? Number(m[1]) : 0,
-        stack: stack,
-      });
+    try {
+      let isError = false;
+      try { isError = error instanceof ErrorCtor; } catch (_) { /* a hostile proxy */ }
+      if (isError) return describeError(error);
+      let message;
+      try { message = 'uncaught ' + inspect(error, 0, [], true); } catch (_) { message = 'uncaught non-Error value'; }
+      return stringify({ __proto__: null, name: 'Error', message: message, line: 0, stack: '' });
+    } catch (_) {
+      return UNDESCRIBABLE;
     }
-    let message;
-    try { message = 'uncaught ' + inspect(error, 0, [], true); } catch (_) { message = 'uncaught non-Error value'; }
-    return stringify({ name: 'Error', message: message, line: 0, stack: '' });
   }
   function replacer(key, value) {
     if (typeof value === 'bigint') throw new TypeErrorCtor('the result contains a BigInt' + (key ? ' (at "' + key + '")' : '') + ', which JSON cannot represent');
@@ -143,29 +185,19 @@
     try {
       json = stringify(value, replacer);
     } catch (e) {
-      if (e instanceof TypeErrorCtor && /circular|cyclic/i.test(e.message)) {
+      let circular = false;
+      try { circular = e instanceof TypeErrorCtor && regexpExec(CIRCULAR, e.message) !== null; } catch (_) { /* the script's own value */ }
+      if (circular) {
         throw new TypeErrorCtor('the result contains a circular reference, which JSON cannot represent');
       }
       throw e;
     }
     return json === undefined ? 'null' : json;
   }
-  function isOom(error) {
-    return error instanceof ErrorCtor && error.name === 'InternalError' && error.message === 'out of memory';
-  }
-  function settle(promise) {
-    then.call(promise,
-      function (value) {
-        let json;
-        try { json = serialize(value); } catch (e) { hostDone(false, describe(e), isOom(e)); return; }
-        hostDone(true, json);
-      },
-      function (error) { hostDone(false, describe(error), isOom(error)); });
-  }
   function deliver(id, isError, payload) {
-    const call = mapGet.call(pending, id);
+    const call = mapGet(pending, id);
     if (call === undefined) return;
-    mapDelete.call(pending, id);
+    mapDelete(pending, id);
     if (isError) {
       call.reject(new ErrorCtor('tool ' + call.name + ' failed: ' + payload));
     } else {
@@ -174,5 +206,5 @@
       call.resolve(value);
     }
   }
-  return { settle, deliver, describe };
+  return { serialize, deliver, describe };
 })

@@ -80,12 +80,124 @@ async fn unbounded_allocation_hits_the_memory_limit() {
 }
 
 #[tokio::test]
-async fn a_caught_out_of_memory_leaves_the_script_running() {
+async fn out_of_memory_ends_the_job_at_every_level_whatever_allocates_and_cannot_be_caught() {
+    // Arrays, strings, typed arrays, objects and one huge request: each through a
+    // different allocation path; every one inside a `try` that would swallow an exception.
+    let bombs = [
+        "const a = []; while (true) a.push(new Array(1e5).fill(1));",
+        "let s = 'x'; const a = []; while (true) { s = s.repeat(2); a.push(s); }",
+        "const a = []; while (true) a.push(new Uint8Array(1 << 20));",
+        "const a = []; for (let i = 0; ; i++) a.push({i, s: 'v' + i});",
+        "new ArrayBuffer(2 ** 31 - 1);",
+    ];
+    for level in [
+        SecurityLevel::Strict,
+        SecurityLevel::Secure,
+        SecurityLevel::Standard,
+    ] {
+        for bomb in bombs {
+            let code =
+                format!("try {{ {bomb} }} catch (e) {{ return 'caught ' + e }} return 'survived'");
+            let t = run(job_with(&code, level, Limits::default())).await;
+            assert_eq!(
+                t.code(),
+                ErrorCode::MemoryLimit,
+                "{level:?} {bomb}: {:?}",
+                t.final_event()
+            );
+            assert!(
+                t.error().message.contains("memory limit"),
+                "{level:?} {bomb}: {:?}",
+                t.error()
+            );
+        }
+    }
+    still_serving().await;
+}
+
+#[tokio::test]
+async fn a_script_cannot_dress_its_own_failure_up_as_a_limit_or_a_hang() {
+    let cases = [
+        // a thrown value whose description throws
+        "throw { get message() { throw 1 }, toString() { throw 2 } }",
+        "throw new Proxy({}, { get() { throw 1 }, getPrototypeOf() { throw 2 } })",
+        "const e = new Error('boom'); Object.defineProperty(e, 'stack', { get() { throw 1 } }); throw e",
+        // built-ins the reporting must not rely on
+        "Function.prototype.call = () => { throw 1 }; throw new Error('boom')",
+        "String.prototype.split = () => { throw 1 }; throw new Error('boom')",
+        "Object.defineProperty(Error.prototype, 'name', { get() { throw 1 } }); throw new Error('boom')",
+        "Promise.prototype.then = function () {}; throw new Error('boom')",
+        "Promise.prototype.constructor = function () { throw 1 }; await null; throw new Error('boom')",
+        "Object.prototype.toJSON = () => { throw 1 }; throw new Error('boom')",
+        "RegExp.prototype.exec = () => { throw 1 }; throw new Error('boom')",
+    ];
+    for code in cases {
+        let t = run(strict(code)).await;
+        assert_eq!(
+            t.code(),
+            ErrorCode::ScriptError,
+            "{code}: {:?}",
+            t.final_event()
+        );
+        let message = &t.error().message;
+        assert!(
+            message == "boom" || message.contains("uncaught"),
+            "{code}: {:?}",
+            t.error()
+        );
+    }
+    // And a result is still reported when `then` is gone.
     let t = run(strict(
-        "let caught = false; try { const a = []; while (true) a.push(new Array(1e5).fill(1)); } catch (e) { caught = e.message } return caught",
+        "Promise.prototype.then = function () {}; Function.prototype.call = null; return 7",
     ))
     .await;
-    assert_eq!(t.result(), json!("out of memory"));
+    assert_eq!(t.result(), json!(7));
+}
+
+#[tokio::test]
+async fn every_field_a_script_controls_is_bounded() {
+    // A tool name: its own limit, before anything is sent.
+    let t = run(strict("await callTool('t'.repeat(1 << 20), {})")).await;
+    assert_eq!(t.code(), ErrorCode::ToolCallLimit, "{:?}", t.final_event());
+    assert!(t.error().message.contains("tool name"), "{:?}", t.error());
+    assert!(t.tool_calls().is_empty());
+    let name = "n".repeat(256);
+    let t = run(strict(&format!("return await callTool('{name}', 1)"))).await;
+    assert_eq!(t.result(), json!(1));
+
+    // An error's message, name and stack: within the result limit (256 KiB at STRICT),
+    // cut with a marker, whatever their size.
+    for code in [
+        "throw new Error('m'.repeat(3 << 20))",
+        "const e = new Error('x'); e.name = 'n'.repeat(3 << 20); throw e",
+        "const e = new Error('x'); e.stack = 's'.repeat(3 << 20); throw e",
+        "function f(n) { if (n === 0) throw new Error('deep'); return f(n - 1) } f(400)",
+    ] {
+        let t = run(strict(code)).await;
+        assert_eq!(t.code(), ErrorCode::ScriptError, "{code}");
+        let e = t.error();
+        let size = e.message.len() + e.name.len() + e.stack.len();
+        assert!(size <= 256 * 1024, "{code}: {size} bytes");
+    }
+    let t = run(strict("throw new Error('m'.repeat(3 << 20))")).await;
+    assert!(
+        t.error()
+            .message
+            .ends_with("[truncated: 3145728 bytes in all]"),
+        "{}",
+        &t.error().message[t.error().message.len() - 60..]
+    );
+}
+
+#[tokio::test]
+async fn empty_console_lines_count_against_the_output_limit() {
+    let t = run(strict("while (true) console.log('')")).await;
+    assert_eq!(t.code(), ErrorCode::OutputLimit);
+    // 64 KiB at STRICT, 64 bytes a line
+    let lines = t.console().len();
+    assert!(lines <= 1024, "{lines} lines");
+    assert!(lines >= 1000, "{lines} lines");
+    still_serving().await;
 }
 
 #[tokio::test]

@@ -151,3 +151,66 @@ async fn events_are_numbered_without_gaps() {
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
     assert_eq!(seqs.len(), 7, "5 console, 1 tool call, 1 final");
 }
+
+#[tokio::test]
+async fn nul_bytes_are_javascript_like_any_other_character() {
+    // Raw NUL bytes inside a string literal and a comment are valid source.
+    let t = run(job("/* \0 */ return 'a\0b'.length")).await;
+    assert_eq!(t.result(), json!(3));
+    // Outside them, a syntax error of the script's own, not an engine failure.
+    let t = run(job("return 1 +\0 2")).await;
+    assert_eq!(t.code(), ErrorCode::SyntaxError, "{:?}", t.final_event());
+    assert!(
+        !t.error().message.contains("uninitialized"),
+        "{:?}",
+        t.error()
+    );
+}
+
+#[tokio::test]
+async fn lone_surrogates_reach_every_client_as_the_replacement_character() {
+    let t = run(job("return ['\\ud800', 'a\\udfff', '\\ud83d\\ude00']")).await;
+    assert_eq!(t.result(), json!(["\u{fffd}", "a\u{fffd}", "😀"]));
+    let t = run(job("return {['k\\ud800']: 1}")).await;
+    assert_eq!(t.result(), json!({"k\u{fffd}": 1}));
+    // in an error's message, readable rather than garbled
+    let t = run(job("throw new Error('bad \\ud800 value')")).await;
+    assert_eq!(t.error().message, "bad \u{fffd} value");
+    // in console text and tool-call arguments
+    let t = run_with(
+        &mut client().await,
+        job("console.log('c\\ud800'); return await callTool('echo', 'x\\udc00')"),
+        Box::new(|call| Some(echo(call))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.console()[0].text, "c\u{fffd}");
+    assert_eq!(t.tool_calls()[0].args_json, "\"x\\ufffd\"");
+    assert_eq!(t.result(), json!("x\u{fffd}"));
+}
+
+#[tokio::test]
+async fn nesting_is_bounded_so_every_client_can_parse_what_it_gets() {
+    let nested = |depth: usize| format!("let v = 1; for (let i = 0; i < {depth}; i++) v = [v]; ");
+    let t = run(job(&(nested(100) + "return v"))).await;
+    let mut value = t.result();
+    for _ in 0..100 {
+        value = value[0].take();
+    }
+    assert_eq!(value, json!(1));
+    let t = run(job(&(nested(101) + "return v"))).await;
+    assert_eq!(t.code(), ErrorCode::ResultTooLarge, "{:?}", t.final_event());
+    assert!(
+        t.error().message.contains("nested 101 levels"),
+        "{:?}",
+        t.error()
+    );
+    let t = run(job(&(nested(200) + "return await callTool('echo', v)"))).await;
+    assert_eq!(t.code(), ErrorCode::ToolCallLimit, "{:?}", t.final_event());
+    assert!(
+        t.error().message.contains("nested 200 levels"),
+        "{:?}",
+        t.error()
+    );
+    assert!(t.tool_calls().is_empty());
+}
