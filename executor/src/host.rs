@@ -25,8 +25,9 @@ const MODULE: &str = "enclave";
 pub const MAX_TOOL_NAME_BYTES: usize = 256;
 
 /// What one console line costs against `max_console_bytes` beyond its text: a line is a
-/// sealed event of its own, so a flood of empty lines is output too.
-pub const CONSOLE_LINE_OVERHEAD: u64 = 64;
+/// sealed event of its own (16 bytes of tag alone), so a flood of empty lines is output
+/// too.
+pub const CONSOLE_LINE_OVERHEAD: u64 = 16;
 
 /// The longest error name a job reports, in bytes; the message and stack share the
 /// rest of the job's result limit (see [`bound_error`]).

@@ -11,8 +11,9 @@
 use std::cell::{Cell, RefCell};
 
 use rquickjs::context::EvalOptions;
-use rquickjs::function::Func;
+use rquickjs::function::{Func, This};
 use rquickjs::promise::PromiseState;
+use rquickjs::qjs;
 use rquickjs::{Context, Ctx, Function, Object, Persistent, Promise, Runtime, Value};
 
 mod abi;
@@ -37,6 +38,11 @@ struct Engine {
     ctx: Context,
     /// `{ serialize, deliver, describe }` from the prelude, kept out of the script's reach.
     internals: Persistent<Object<'static>>,
+    /// A second, empty context (no console, no tools: no way out) where a script that
+    /// might close the function it is wrapped in is evaluated first; see [`escapes`].
+    check: Context,
+    /// The check context's own `Function.prototype.toString`, taken before any script ran.
+    check_to_string: Persistent<Function<'static>>,
 }
 
 thread_local! {
@@ -61,6 +67,13 @@ pub extern "C" fn initialize() {
         Ok::<_, rquickjs::Error>(Persistent::save(&ctx, internals))
     });
     let internals = internals.expect("prelude");
+    let check = Context::full(&rt).expect("QuickJS context");
+    let check_to_string = check
+        .with(|ctx| {
+            let f: Function = ctx.eval("Function.prototype.toString")?;
+            Ok::<_, rquickjs::Error>(Persistent::save(&ctx, f))
+        })
+        .expect("Function.prototype.toString");
     // Collect what set-up left behind so the snapshot starts lean, then set the next
     // collection's threshold as QuickJS itself does after a collection (1.5x the live
     // heap). Without this the snapshot keeps the initial 256 KiB threshold, below the
@@ -74,6 +87,8 @@ pub extern "C" fn initialize() {
             _rt: rt,
             ctx,
             internals,
+            check,
+            check_to_string,
         })
     });
 }
@@ -91,7 +106,11 @@ pub extern "C" fn run(code_len: usize, input_len: usize, seed: u64) {
     ENGINE.with(|e| {
         let engine = e.borrow();
         let engine = engine.as_ref().expect("initialised by wizer-initialize");
-        engine.ctx.with(|ctx| run_job(&ctx, engine, &code, &input));
+        // Before entering the job's context: a runtime serves one context at a time.
+        let escaped = escapes(engine, &code);
+        engine
+            .ctx
+            .with(|ctx| run_job(&ctx, engine, &code, &input, escaped));
     });
 }
 
@@ -103,28 +122,68 @@ fn options(filename: &str) -> EvalOptions {
     opts
 }
 
-/// Evaluates the wrapped script. Straight through `JS_Eval`, which takes a length:
-/// rquickjs's `eval` makes a C string first, which refuses a NUL byte that is valid
-/// JavaScript inside a string literal or a comment.
-fn eval_script<'js>(ctx: &Ctx<'js>, mut source: Vec<u8>) -> Value<'js> {
+/// Compiles (`JS_EVAL_FLAG_COMPILE_ONLY`) or runs source text as a global script.
+/// Straight through `JS_Eval`, which takes a length: rquickjs's `eval` makes a C string
+/// first, which refuses a NUL byte that is valid JavaScript in a string or a comment.
+fn eval_raw(ctx: &Ctx<'_>, mut source: Vec<u8>, flags: u32) -> qjs::JSValue {
     let len = source.len();
     source.push(0); // JS_Eval reads one byte past the end
     // SAFETY: `source` is `len` bytes followed by a NUL, as JS_Eval requires, and
-    // outlives the call; the context pointer comes from a live `Ctx`. The returned value
-    // is owned and handed to `Value::from_raw`, which frees it once.
+    // outlives the call; the context pointer comes from a live `Ctx`. The caller owns
+    // the returned value.
     unsafe {
-        let raw = rquickjs::qjs::JS_Eval(
+        qjs::JS_Eval(
             ctx.as_raw().as_ptr(),
             source.as_ptr().cast(),
             len as _,
             SCRIPT_NAME.as_ptr(),
-            rquickjs::qjs::JS_EVAL_TYPE_GLOBAL as i32,
-        );
-        Value::from_raw(ctx.clone(), raw)
+            (qjs::JS_EVAL_TYPE_GLOBAL | flags) as i32,
+        )
     }
 }
 
-fn run_job<'js>(ctx: &Ctx<'js>, engine: &Engine, code: &[u8], input: &[u8]) {
+/// The script is wrapped as text, `(async function () {` + code + `\n})`; code with an
+/// unbalanced `}` could close that function and run statements of its own outside it.
+/// Decided the way `new Function` is specified to: the wrapper is evaluated in the empty
+/// check context, where whatever might run has nothing to reach, and the function it
+/// yields must span the whole wrapper. Only a function whose source text is exactly that
+/// span has it (a source text is what the parser took as one function), so no code that
+/// closes the wrapper can pass, whatever it evaluates. Code without a `}` cannot close it.
+fn escapes(engine: &Engine, code: &[u8]) -> bool {
+    if !code.contains(&b'}') {
+        return false;
+    }
+    let mut expected = Vec::with_capacity(code.len() + 24);
+    expected.extend_from_slice(b"async function () {");
+    expected.extend_from_slice(code);
+    expected.extend_from_slice(b"\n}");
+    let mut source = Vec::with_capacity(expected.len() + 2);
+    source.push(b'(');
+    source.extend_from_slice(&expected);
+    source.push(b')');
+    engine.check.with(|ctx| {
+        // SAFETY: `eval_raw` returns an owned value; `from_raw` takes that ownership.
+        let value = unsafe { Value::from_raw(ctx.clone(), eval_raw(&ctx, source, 0)) };
+        if value.is_exception() {
+            let _ = ctx.catch();
+            return true;
+        }
+        let text = engine
+            .check_to_string
+            .clone()
+            .restore(&ctx)
+            .and_then(|to_string| to_string.call::<_, String>((This(value),)));
+        match text {
+            Ok(text) => text.as_bytes() != expected.as_slice(),
+            Err(_) => {
+                let _ = ctx.catch();
+                true
+            }
+        }
+    })
+}
+
+fn run_job<'js>(ctx: &Ctx<'js>, engine: &Engine, code: &[u8], input: &[u8], escaped: bool) {
     let internals = match engine.internals.clone().restore(ctx) {
         Ok(i) => i,
         Err(e) => return fail_internal(&format!("prelude lost: {e}")),
@@ -145,9 +204,28 @@ fn run_job<'js>(ctx: &Ctx<'js>, engine: &Engine, code: &[u8], input: &[u8]) {
     source.extend_from_slice(b"(async function () {");
     source.extend_from_slice(code);
     source.extend_from_slice(b"\n})()");
-    let promise = eval_script(ctx, source);
-    if promise.is_exception() {
+    // Compiled first, run only once it is known to stay inside the wrapper.
+    let compiled = eval_raw(ctx, source, qjs::JS_EVAL_FLAG_COMPILE_ONLY);
+    // SAFETY: reads the tag of a value this function owns.
+    if unsafe { qjs::JS_IsException(compiled) } {
         return report_exception(ctx, &internals, Outcome::SyntaxError);
+    }
+    if escaped {
+        // SAFETY: `compiled` is owned and not used again.
+        unsafe { qjs::JS_FreeValue(ctx.as_raw().as_ptr(), compiled) };
+        return finish_json(
+            Outcome::SyntaxError,
+            r#"{"name":"SyntaxError","message":"the script closes the function it runs in (a `}` with no `{` of its own)"}"#,
+        );
+    }
+    // SAFETY: JS_EvalFunction takes ownership of `compiled` and returns an owned value,
+    // which `from_raw` takes over.
+    let promise = unsafe {
+        let raw = qjs::JS_EvalFunction(ctx.as_raw().as_ptr(), compiled);
+        Value::from_raw(ctx.clone(), raw)
+    };
+    if promise.is_exception() {
+        return report_exception(ctx, &internals, Outcome::ScriptError);
     }
     // The promise is read by the engine's own state, not through `then`: a script that
     // replaces `Promise.prototype.then` or `constructor` cannot keep its outcome from

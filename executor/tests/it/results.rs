@@ -214,3 +214,37 @@ async fn nesting_is_bounded_so_every_client_can_parse_what_it_gets() {
     );
     assert!(t.tool_calls().is_empty());
 }
+
+#[tokio::test]
+async fn a_script_cannot_close_the_function_it_runs_in() {
+    for code in [
+        "}); console.log('outside'); (async function () {",
+        "}, console.log('outside'), async function () {",
+        "return 1 }); Function.prototype.toString = () => ''; (async () => { return 2",
+        "}); eval(\"(async function () {\" + \"\\n})\"); (async function () {",
+    ] {
+        let t = run(job(code)).await;
+        assert_eq!(
+            t.code(),
+            ErrorCode::SyntaxError,
+            "{code}: {:?}",
+            t.final_event()
+        );
+        assert!(
+            t.error().message.contains("closes the function it runs in"),
+            "{code}: {:?}",
+            t.error()
+        );
+        assert!(t.console().is_empty(), "{code}: ran {:?}", t.console());
+    }
+    // Braces of its own, in code, strings, regexes and templates, are the script's business.
+    let t = run(job(
+        "function f() { return {a: '}', b: /}/.source, c: `${'}'}` } } if (true) { return f() }",
+    ))
+    .await;
+    assert_eq!(t.result(), json!({"a": "}", "b": "}", "c": "}"}));
+    // A missing brace is the script's own syntax error, on its own last line.
+    let t = run(job("function f() {\n  return 1\n")).await;
+    assert_eq!(t.code(), ErrorCode::SyntaxError);
+    assert!(t.error().line <= 3, "{:?}", t.error());
+}
