@@ -95,11 +95,12 @@ pub extern "C" fn initialize() {
 
 /// Runs one job to completion and reports through `abi::finish`. The only call the
 /// host makes per job: code and input come through `abi::job_take`.
-#[unsafe(no_mangle)]
 ///
 /// The engine has no memory limit of its own: the host caps the linear memory and traps
-/// the instance when an allocation would grow it past the job's limit, so running out
-/// of memory ends the job whichever allocation hits it, and no script can catch it.
+/// the instance when an allocation would grow it past the job's limit, and `alloc.rs`
+/// traps on any other failed allocation, so running out of memory ends the job whichever
+/// allocation hits it, and no script can catch it.
+#[unsafe(no_mangle)]
 pub extern "C" fn run(code_len: usize, input_len: usize, seed: u64) {
     let (code, input) = abi::job_take(code_len, input_len);
     rng::seed(seed);
