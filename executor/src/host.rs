@@ -88,8 +88,8 @@ pub enum GuestOutcome {
     Error(i32, String),
 }
 
-/// Caps the sandbox's linear memory and remembers whether it had to refuse growth, so a
-/// trap that follows can be reported as MEMORY_LIMIT.
+/// Caps the sandbox's linear memory: growth past the cap traps with MEMORY_LIMIT, and the
+/// peak is kept for the job's stats.
 #[derive(Debug, Default)]
 pub struct MemoryCap {
     /// The job's limit, as the error message states it.
@@ -97,7 +97,6 @@ pub struct MemoryCap {
     /// The linear memory's cap: the engine's baseline plus the job's limit.
     pub max_bytes: usize,
     pub peak_bytes: usize,
-    pub refused: bool,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -110,7 +109,6 @@ impl ResourceLimiter for MemoryCap {
         if desired > self.max_bytes {
             // A trap, not a refused `memory.grow`: the engine would turn a refusal into
             // an exception the script can catch, or into a misleading error of its own.
-            self.refused = true;
             return Err(Breach::memory_limit(self.limit_bytes).into());
         }
         self.peak_bytes = self.peak_bytes.max(desired).max(current);
@@ -166,7 +164,6 @@ impl JobState {
                 limit_bytes: limits.memory_bytes,
                 max_bytes,
                 peak_bytes: 0,
-                refused: false,
             },
             memory: None,
             limits,

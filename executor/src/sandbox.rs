@@ -207,7 +207,7 @@ impl Sandbox {
                 if let Some(fault) = error.downcast_ref::<CallerFault>() {
                     return Err(CallerFault(fault.0.clone()));
                 }
-                final_event::Outcome::Error(trap_error(&error, state))
+                final_event::Outcome::Error(trap_error(&error))
             }
         };
         Ok(FinalEvent {
@@ -393,14 +393,9 @@ fn script_error(code: ErrorCode, json: &str, state: &JobState) -> JobError {
     }
 }
 
-/// The guest was stopped: by a host-side limit, a wasm trap, or a memory refusal.
-fn trap_error(error: &wasmtime::Error, state: &JobState) -> JobError {
-    let refused = state
-        .memory_cap
-        .refused
-        .then(|| Breach::memory_limit(state.limits.memory_bytes));
-    let (code, message) = if let Some(breach) = error.downcast_ref::<Breach>().or(refused.as_ref())
-    {
+/// The guest was stopped: by a host-side limit (memory included) or a wasm trap.
+fn trap_error(error: &wasmtime::Error) -> JobError {
+    let (code, message) = if let Some(breach) = error.downcast_ref::<Breach>() {
         (breach.code, breach.message.clone())
     } else if let Some(trap) = error.downcast_ref::<Trap>() {
         match trap {
