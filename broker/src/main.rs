@@ -112,33 +112,12 @@ struct ServeArgs {
     /// legacy requests get 429 until sessions expire.
     #[arg(long, env = "ENCLAVE_MAX_LEGACY_IVS", default_value_t = enclave_broker::session::DEFAULT_MAX_LEGACY_IVS)]
     max_legacy_ivs: usize,
-    /// Client connections open at once, both listeners together (lowered to fit the
-    /// file descriptor limit); at the cap an idle connection makes room, or the new one
-    /// is refused.
-    #[arg(long, env = "ENCLAVE_MAX_CONNECTIONS", default_value_t = enclave_executor::listener::DEFAULT_MAX_CONNECTIONS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_connections: usize,
-    /// TLS handshakes in progress at once; more connections are closed at once.
-    #[arg(long, env = "ENCLAVE_MAX_TLS_HANDSHAKES", default_value_t = enclave_executor::listener::DEFAULT_MAX_TLS_HANDSHAKES,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_tls_handshakes: usize,
-    /// Seconds for a new connection's first request headers (HTTP: every request's).
-    #[arg(long, env = "ENCLAVE_HEADER_TIMEOUT_SECS", default_value_t = enclave_executor::listener::DEFAULT_REQUEST_HEADER_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..))]
-    header_timeout_secs: u64,
-    /// Seconds a connection may have no request in flight before it is closed.
-    #[arg(long, env = "ENCLAVE_CONNECTION_IDLE_SECS", default_value_t = enclave_executor::listener::DEFAULT_IDLE_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..))]
-    connection_idle_secs: u64,
+    #[command(flatten)]
+    connection: enclave_executor::listener::ConnectionArgs,
     /// Seconds for a whole request body to arrive.
     #[arg(long, env = "ENCLAVE_BODY_TIMEOUT_SECS", default_value_t = enclave_executor::listener::DEFAULT_REQUEST_BODY_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout_secs: u64,
-    /// Seconds a client may read nothing of an answer being written before its
-    /// connection is closed.
-    #[arg(long, env = "ENCLAVE_WRITE_STALL_SECS", default_value_t = enclave_executor::listener::DEFAULT_WRITE_STALL_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..))]
-    write_stall_secs: u64,
     /// MiB of request bodies held at once, both listeners together, until their answers
     /// are done; past it requests get RESOURCE_EXHAUSTED.
     #[arg(long, env = "ENCLAVE_MAX_REQUEST_MEMORY_MIB", default_value_t = (enclave_broker::server::DEFAULT_MAX_REQUEST_MEMORY >> 20) as u64,
@@ -303,25 +282,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The connection policy of both listeners, with a cap that fits the descriptor limit.
 fn connections(args: &ServeArgs) -> Arc<enclave_executor::listener::Connections> {
-    use enclave_executor::listener::{ConnectionPolicy, Connections, fit_to_fd_limit};
-    let max_connections = fit_to_fd_limit(args.max_connections);
-    if max_connections < args.max_connections {
-        tracing::warn!(
-            max_connections,
-            asked = args.max_connections,
-            "the file descriptor limit is too low for --max-connections: serving fewer (raise `ulimit -n`)"
-        );
-    }
-    let policy = ConnectionPolicy {
-        max_connections,
-        max_tls_handshakes: args.max_tls_handshakes,
-        tls_handshake_timeout: enclave_executor::listener::TLS_HANDSHAKE_TIMEOUT,
-        request_header_timeout: Duration::from_secs(args.header_timeout_secs),
-        idle_timeout: Duration::from_secs(args.connection_idle_secs),
+    let policy = enclave_executor::listener::ConnectionPolicy {
         request_body_timeout: Some(Duration::from_secs(args.body_timeout_secs)),
-        write_stall_timeout: Duration::from_secs(args.write_stall_secs),
+        ..args.connection.policy()
     };
-    Connections::with_request_memory(policy, (args.max_request_memory_mib as usize) << 20)
+    enclave_executor::listener::Connections::with_request_memory(
+        policy,
+        (args.max_request_memory_mib as usize) << 20,
+    )
 }
 
 /// The HTTP listener. The default address is a convenience, not a requirement: when it

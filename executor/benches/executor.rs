@@ -1,7 +1,8 @@
 //! Executor benchmark: prints figures, asserts nothing (run it, read it).
 //!
 //! `cargo bench -p enclave-executor` measures, in one run:
-//! - a fresh instance per job running `return 1+1`, sequentially: median and p99;
+//! - a fresh instance per job running `return 1+1`, sequentially: median and p99, and
+//!   beside it a script with braces (which the guest checks more closely);
 //! - jobs/s with jobs in parallel on all cores;
 //! - CPU-bound scripts in the sandbox against the same QuickJS built natively;
 //! - resident memory per live instance and sandbox start-up time;
@@ -15,6 +16,8 @@ use enclave_executor::{JobSpec, Limits, Sandbox, SandboxConfig};
 use enclave_proto::v1::{SecurityLevel, ToolResult, final_event::Outcome, run_event::Event};
 use tokio::sync::mpsc;
 
+/// A trivial script with braces: the guest's wrapper check runs for it.
+const BRACES: &str = "function f() { return {a: 1} } return f().a + 1";
 const FIB: &str = "function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2) } return fib(25)";
 const STRINGIFY: &str = "const a = []; for (let i = 0; i < 100000; i++) a.push({id: i, name: 'item' + i, ok: i % 2 === 0}); return JSON.stringify(a).length";
 
@@ -94,21 +97,32 @@ async fn bench() {
         started.elapsed().as_secs_f64() * 1e3
     );
 
-    // Sequential fresh instances.
+    // Sequential fresh instances, interleaved with a script that has braces of its own
+    // (which the guest also checks for closing the function it is wrapped in).
     for _ in 0..500 {
         run(&sandbox, "return 1+1").await;
+        run(&sandbox, BRACES).await;
     }
     let mut samples: Vec<Duration> = Vec::with_capacity(5000);
+    let mut braced: Vec<Duration> = Vec::with_capacity(5000);
     for _ in 0..5000 {
         samples.push(run(&sandbox, "return 1+1").await);
+        braced.push(run(&sandbox, BRACES).await);
     }
     samples.sort();
+    braced.sort();
     let seq_median = percentile(&samples, 0.5);
     println!(
         "fresh instance, `return 1+1`, sequential: median {:.1} µs, p99 {:.1} µs ({} jobs)",
         micros(seq_median),
         micros(percentile(&samples, 0.99)),
         samples.len()
+    );
+    println!(
+        "fresh instance, `{BRACES}`, sequential: median {:.1} µs ({:.2}x), p99 {:.1} µs",
+        micros(percentile(&braced, 0.5)),
+        micros(percentile(&braced, 0.5)) / micros(seq_median),
+        micros(percentile(&braced, 0.99)),
     );
 
     // Parallel throughput: as many workers as cores, each running jobs back to back.

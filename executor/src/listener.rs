@@ -66,7 +66,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time a socket may accept no byte of a pending write.
 pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 streams one connection may have open at once.
+/// Default HTTP/2 streams one connection may have open at once.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// How long an idle connection gets to close gracefully (GOAWAY) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -87,6 +87,8 @@ pub struct ConnectionPolicy {
     /// `None`: request bodies may stream for as long as their call lasts.
     pub request_body_timeout: Option<Duration>,
     pub write_stall_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ConnectionPolicy {
@@ -99,6 +101,58 @@ impl Default for ConnectionPolicy {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             request_body_timeout: Some(DEFAULT_REQUEST_BODY_TIMEOUT),
             write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+        }
+    }
+}
+
+/// The connection flags both servers take, each also read from an `ENCLAVE_*` variable.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectionArgs {
+    /// Client connections open at once (the broker: both listeners together), lowered to
+    /// fit the file descriptor limit; at the cap an idle connection makes room, or the
+    /// new one is refused.
+    #[arg(long, env = "ENCLAVE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once; more connections are closed at once.
+    #[arg(long, env = "ENCLAVE_MAX_TLS_HANDSHAKES", default_value_t = DEFAULT_MAX_TLS_HANDSHAKES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_tls_handshakes: usize,
+    /// Seconds for a new connection's first request headers (HTTP: every request's).
+    #[arg(long, env = "ENCLAVE_HEADER_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_HEADER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may have no request in flight before it is closed.
+    #[arg(long, env = "ENCLAVE_CONNECTION_IDLE_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub connection_idle_secs: u64,
+    /// Seconds a client may read nothing of an answer being written before its
+    /// connection is closed.
+    #[arg(long, env = "ENCLAVE_WRITE_STALL_SECS", default_value_t = DEFAULT_WRITE_STALL_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_stall_secs: u64,
+}
+
+impl ConnectionArgs {
+    /// The policy these flags ask for, its connection cap lowered (with a warning) to fit
+    /// the descriptor limit; the rest as [`ConnectionPolicy::default`].
+    pub fn policy(&self) -> ConnectionPolicy {
+        let max_connections = fit_to_fd_limit(self.max_connections);
+        if max_connections < self.max_connections {
+            tracing::warn!(
+                max_connections,
+                asked = self.max_connections,
+                "the file descriptor limit is too low for --max-connections: serving fewer (raise `ulimit -n`)"
+            );
+        }
+        ConnectionPolicy {
+            max_connections,
+            max_tls_handshakes: self.max_tls_handshakes,
+            request_header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.connection_idle_secs),
+            write_stall_timeout: Duration::from_secs(self.write_stall_secs),
+            ..ConnectionPolicy::default()
         }
     }
 }
@@ -484,7 +538,7 @@ async fn connection<S, B>(
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+                .max_concurrent_streams(policy.max_streams_per_connection);
         }
     }
     let conn = builder.serve_connection(TokioIo::new(io), service);

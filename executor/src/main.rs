@@ -47,6 +47,8 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "ENCLAVE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    connection: enclave_executor::listener::ConnectionArgs,
     /// Threads that run jobs and gRPC [default: one per core]. 1 suits a process per
     /// core: no wake-ups between sibling threads, lower latency on small machines.
     #[arg(long, env = "ENCLAVE_WORKER_THREADS")]
@@ -80,8 +82,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let policy = args.connection.policy();
     tracing::info!(
         addr = %listener.local_addr()?,
+        max_connections = policy.max_connections,
         tls = tls.is_some(),
         startup_ms = started.elapsed().as_millis() as u64,
         // What the runtime really has, not what was asked: tests check `--worker-threads`.
@@ -96,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..ServerConfig::default()
         },
     );
-    enclave_executor::server::serve_with_tls(listener, service, tls, shutdown_signal()).await?;
+    enclave_executor::server::serve_with(listener, service, policy, tls, shutdown_signal()).await?;
     tracing::info!("executor stopped");
     Ok(())
 }

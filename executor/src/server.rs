@@ -23,10 +23,10 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::jobs::{Jobs, RunningJob, ToolResults};
+use crate::listener::{self, ConnectionPolicy, Connections, HttpVersion};
 use crate::sandbox::Sandbox;
 
 /// gRPC messages may carry code, results and console text up to this size.
@@ -273,118 +273,117 @@ pub async fn serve(
     listener: TcpListener,
     service: ExecutorService,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    serve_with_tls(listener, service, None, shutdown).await
+) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        service,
+        ConnectionPolicy::default(),
+        None,
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve`], over TLS when `tls` is given (`--tls-cert` / `--tls-key`).
+/// [`serve`], over TLS when `tls` is given (`--tls-cert` / `--tls-key`, see
+/// [`tls_config`]).
 pub async fn serve_with_tls(
     listener: TcpListener,
     service: ExecutorService,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        service,
+        ConnectionPolicy::default(),
+        tls,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with_tls`] under `policy` (the `--max-connections`, timeout and TLS-handshake
+/// flags), served by [`crate::listener`] as the broker's listeners are, with two changes
+/// a job stream needs: a request body lasts as long as its job, so it has no time limit of
+/// its own; and one connection (a broker sends all its jobs over one) may open a stream
+/// for every job slot, every waiting stream and a few health checks, so that the
+/// executor's own limits, with their RESOURCE_EXHAUSTED, are what refuse work.
+pub async fn serve_with(
+    listener: TcpListener,
+    service: ExecutorService,
+    policy: ConnectionPolicy,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let streams = service.jobs.max_jobs() + service.config.max_waiting_streams + 16;
+    let connections = Connections::new(ConnectionPolicy {
+        request_body_timeout: None,
+        max_streams_per_connection: u32::try_from(streams).unwrap_or(u32::MAX),
+        ..policy
+    });
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExecutorServer<ExecutorService>>()
         .await;
-    let reflection_v1 = reflection()
-        .build_v1()
-        .expect("embedded descriptors are valid");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("embedded descriptors are valid");
-
-    let drain = {
-        let service = service.clone();
-        let health = health.clone();
-        async move {
-            shutdown.await;
-            tracing::info!(
-                running = service.running_jobs(),
-                "draining: refusing new jobs"
-            );
-            service.jobs.drain();
-            health
-                .set_not_serving::<ExecutorServer<ExecutorService>>()
-                .await;
-            let grace = service.config.drain_grace;
-            let jobs = service.jobs.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tracing::warn!("drain grace period over: cancelling remaining jobs");
-                jobs.cancel_all();
-            });
-        }
-    };
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    server
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(
-            ExecutorServer::new(service)
+            reflection()
+                .build_v1()
+                .expect("embedded descriptors are valid"),
+        )
+        .add_service(
+            reflection()
+                .build_v1alpha()
+                .expect("embedded descriptors are valid"),
+        )
+        .add_service(
+            ExecutorServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            // No Nagle: events and replies are small frames; with Nagle's algorithm and
-            // the peer's delayed ACKs each would wait ~40 ms (measured: p50 44 ms).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drain,
-        )
-        .await
+        .prepare();
+    let drain = async move {
+        shutdown.await;
+        tracing::info!(
+            running = service.running_jobs(),
+            "draining: refusing new jobs"
+        );
+        service.jobs.drain();
+        health
+            .set_not_serving::<ExecutorServer<ExecutorService>>()
+            .await;
+        let grace = service.config.drain_grace;
+        let jobs = service.jobs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("drain grace period over: cancelling remaining jobs");
+            jobs.cancel_all();
+        });
+    };
+    listener::serve(
+        listener,
+        connections,
+        HttpVersion::Http2,
+        tls,
+        routes,
+        drain,
+    )
+    .await
 }
 
 /// The TLS settings for `--tls-cert` / `--tls-key`: both PEM files, or neither (plaintext).
-/// The certificate file may hold the chain after the leaf. A bad certificate or key is
-/// only noticed when the server is built ([`serve_with_tls`] fails).
+/// The certificate file may hold the chain after the leaf. Read and checked now, so a
+/// bad file stops start-up instead of the first connection.
 pub fn tls_config(
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
-) -> Result<Option<ServerTlsConfig>, String> {
-    let (cert, key) = match (cert, key) {
-        (None, None) => return Ok(None),
-        (Some(cert), Some(key)) => (cert, key),
-        (Some(_), None) => return Err("--tls-cert needs --tls-key (ENCLAVE_TLS_KEY)".into()),
-        (None, Some(_)) => return Err("--tls-key needs --tls-cert (ENCLAVE_TLS_CERT)".into()),
-    };
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("reading the TLS {what} {}: {e}", path.display()))
-    };
-    let identity = Identity::from_pem(read("certificate", cert)?, read("key", key)?);
-    let config = ServerTlsConfig::new()
-        .identity(identity)
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
-    // Parse them now, so a bad file stops start-up instead of the first connection.
-    tonic::transport::Server::builder()
-        .tls_config(config.clone())
-        .map_err(|e| {
-            format!(
-                "the TLS certificate {} or key {}: {}",
-                cert.display(),
-                key.display(),
-                error_chain(&e)
-            )
-        })?;
-    Ok(Some(config))
-}
-
-pub use crate::listener::TLS_HANDSHAKE_TIMEOUT;
-
-/// `error: cause: cause`, for errors (tonic's) whose `Display` omits the cause.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => listener::tls_config(cert, key, b"h2").map(Some),
+        (Some(_), None) => Err("--tls-cert needs --tls-key (ENCLAVE_TLS_KEY)".into()),
+        (None, Some(_)) => Err("--tls-key needs --tls-cert (ENCLAVE_TLS_CERT)".into()),
     }
-    text
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -5,6 +5,7 @@ mod support;
 
 mod admission;
 mod concurrency;
+mod connections;
 mod console;
 mod isolation;
 mod limits;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use enclave_executor::listener::ConnectionPolicy;
 use enclave_executor::server::{ExecutorService, ServerConfig};
 use enclave_executor::{Sandbox, SandboxConfig};
 use enclave_proto::v1::{
@@ -18,6 +19,15 @@ use tonic::transport::Channel;
 /// Starts a server on its own thread and runtime (so it outlives any one test's
 /// runtime) and returns its address.
 pub fn start_server(sandbox: SandboxConfig, server: ServerConfig) -> SocketAddr {
+    start_server_with(sandbox, server, ConnectionPolicy::default())
+}
+
+/// [`start_server`] under a connection policy of the test's own.
+pub fn start_server_with(
+    sandbox: SandboxConfig,
+    server: ServerConfig,
+    policy: ConnectionPolicy,
+) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -29,9 +39,15 @@ pub fn start_server(sandbox: SandboxConfig, server: ServerConfig) -> SocketAddr 
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             let service = ExecutorService::new(sandbox, server);
-            enclave_executor::server::serve(listener, service, std::future::pending())
-                .await
-                .unwrap();
+            enclave_executor::server::serve_with(
+                listener,
+                service,
+                policy,
+                None,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
         });
     });
     rx.recv().expect("server started")
