@@ -302,3 +302,43 @@ fn incomplete_or_unreadable_tls_settings_stop_start_up() {
     }
     assert!(!identity.exists(), "refused before creating an identity");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_in_progress_are_capped_and_the_cap_frees_up() {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    let dir = TempDir::new("handshakes");
+    let cert = Cert::new(dir.path(), "broker");
+    let mut args = tls_args(&cert).to_vec();
+    args.extend(["--http-listen", "off", "--max-tls-handshakes", "4"]);
+    let broker = Broker::start("handshakes", &args);
+    let addr = format!("127.0.0.1:{}", broker.port());
+    // Four connections that never send their ClientHello hold every handshake slot.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A fifth is closed at once rather than held for the handshake timeout.
+    let mut extra = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("a connection past the cap is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once they are gone, a real client gets its handshake.
+    drop(stalled);
+    let client = tokio::time::timeout(
+        FAIL_WITHIN,
+        Client::builder(format!("https://127.0.0.1:{}", broker.port()))
+            .pin(broker.fingerprint)
+            .ca_file(&cert.cert)
+            .connect(),
+    )
+    .await
+    .expect("connects quickly")
+    .unwrap();
+    let run = client.execute("return 7").await.unwrap();
+    assert_eq!(run.result, Ok(json!(7)));
+}
