@@ -5,15 +5,19 @@
 //!   beside it a script with braces (which the guest checks more closely);
 //! - jobs/s with jobs in parallel on all cores;
 //! - CPU-bound scripts in the sandbox against the same QuickJS built natively;
-//! - resident memory per live instance and sandbox start-up time;
+//! - resident memory per live instance, what a burst of large jobs leaves resident, and
+//!   sandbox start-up time;
 //! - Node's `vm` with a new context per job, as the reference (if `node` is installed).
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use enclave_executor::host::CallerFault;
 use enclave_executor::{JobSpec, Limits, Sandbox, SandboxConfig};
-use enclave_proto::v1::{SecurityLevel, ToolResult, final_event::Outcome, run_event::Event};
+use enclave_proto::v1::{
+    FinalEvent, SecurityLevel, ToolCall, ToolResult, final_event::Outcome, run_event::Event,
+};
 use tokio::sync::mpsc;
 
 /// A trivial script with braces: the guest's wrapper check runs for it.
@@ -171,6 +175,7 @@ async fn bench() {
     }
 
     live_instance_memory(&sandbox).await;
+    burst_memory(&sandbox).await;
     node_reference(seq_median);
 }
 
@@ -186,39 +191,34 @@ fn native_quickjs(code: &str) -> Duration {
     })
 }
 
-/// Holds many jobs alive at once (each waiting for a tool result) and divides the
-/// growth of the process's resident memory by their number.
-async fn live_instance_memory(sandbox: &Arc<Sandbox>) {
-    const LIVE: usize = 200;
-    let before = rss_bytes();
-    let pss_before = pss_bytes();
+/// Jobs parked on a tool call, and their tasks; [`release`] answers and ends them.
+type Held = (
+    Vec<(mpsc::Sender<ToolResult>, ToolCall, mpsc::Receiver<Event>)>,
+    Vec<tokio::task::JoinHandle<Result<FinalEvent, CallerFault>>>,
+);
+
+/// Starts `n` jobs running `code` (which ends in a tool call) and waits until every one
+/// is parked on its call: `n` instances are then live at once.
+async fn hold(sandbox: &Arc<Sandbox>, code: &'static str, n: usize) -> Held {
     let mut holds = Vec::new();
     let mut tasks = Vec::new();
-    for _ in 0..LIVE {
+    for _ in 0..n {
         let (events, mut events_rx) = mpsc::channel(16);
         let (results_tx, results_rx) = mpsc::channel::<ToolResult>(1);
         let sandbox = sandbox.clone();
         tasks.push(tokio::spawn(async move {
-            sandbox
-                .run(spec("return await callTool('hold', 1)"), events, results_rx)
-                .await
+            sandbox.run(spec(code), events, results_rx).await
         }));
-        // Wait for the tool call: the instance is now live and parked.
         let call = match events_rx.recv().await {
             Some(Event::ToolCall(call)) => call,
             other => panic!("{other:?}"),
         };
         holds.push((results_tx, call, events_rx));
     }
-    let during = rss_bytes();
-    let pss_during = pss_bytes();
-    println!(
-        "memory per live instance: {:.0} KiB proportional (PSS), {:.0} KiB resident (RSS counts the shared snapshot image once per instance) ({LIVE} live, process RSS {:.1} -> {:.1} MiB)",
-        (pss_during.saturating_sub(pss_before)) as f64 / LIVE as f64 / 1024.0,
-        (during.saturating_sub(before)) as f64 / LIVE as f64 / 1024.0,
-        before as f64 / (1 << 20) as f64,
-        during as f64 / (1 << 20) as f64
-    );
+    (holds, tasks)
+}
+
+async fn release((holds, tasks): Held) {
     for (tx, call, _rx) in holds {
         let _ = tx
             .send(ToolResult {
@@ -232,6 +232,47 @@ async fn live_instance_memory(sandbox: &Arc<Sandbox>) {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
+}
+
+/// Holds many jobs alive at once (each waiting for a tool result) and divides the
+/// growth of the process's resident memory by their number.
+async fn live_instance_memory(sandbox: &Arc<Sandbox>) {
+    const LIVE: usize = 200;
+    let before = rss_bytes();
+    let pss_before = pss_bytes();
+    let held = hold(sandbox, "return await callTool('hold', 1)", LIVE).await;
+    let during = rss_bytes();
+    let pss_during = pss_bytes();
+    println!(
+        "memory per live instance: {:.0} KiB proportional (PSS), {:.0} KiB resident (RSS counts the shared snapshot image once per instance) ({LIVE} live, process RSS {:.1} -> {:.1} MiB)",
+        (pss_during.saturating_sub(pss_before)) as f64 / LIVE as f64 / 1024.0,
+        (during.saturating_sub(before)) as f64 / LIVE as f64 / 1024.0,
+        before as f64 / (1 << 20) as f64,
+        during as f64 / (1 << 20) as f64
+    );
+    release(held).await;
+}
+
+/// A burst of large jobs over every slot, and what stays resident once they are done.
+async fn burst_memory(sandbox: &Arc<Sandbox>) {
+    const BURST: usize = 256;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let before = rss_bytes();
+    let code = "const a = []; for (let i = 0; i < 8; i++) a.push(new Uint8Array(1 << 20).fill(7)); \
+                return await callTool('hold', a.length)";
+    let held = hold(sandbox, code, BURST).await;
+    let peak = rss_bytes();
+    release(held).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_bytes();
+    println!(
+        "resident memory, a burst of {BURST} jobs of 8 MiB at once: {:.1} MiB before, {:.1} MiB at the peak, {:.1} MiB after ({:.1} MiB kept; warm slots: {})",
+        mib(before),
+        mib(peak),
+        mib(after),
+        mib(after.saturating_sub(before)),
+        sandbox.config().warm_slots()
+    );
 }
 
 fn keep_resident() -> usize {

@@ -1,11 +1,17 @@
-//! The sandbox: one wasmtime engine, one pre-initialised QuickJS module, and a fresh
-//! instance of it for every job.
+//! The sandbox: a pre-initialised QuickJS module and a fresh instance of it for every job,
+//! from one of two pools of instance slots.
 //!
 //! At start-up the guest is instantiated once, its `wizer-initialize` builds the engine
 //! (runtime, context, prelude), and Wizer snapshots the result into a new module. Jobs
 //! then instantiate that snapshot from the pooling allocator: its memory is mapped
 //! copy-on-write from the module image, so a job pays neither engine start-up nor a
 //! copy of the heap, and nothing one job does is visible to the next.
+//!
+//! The two pools bound what stays resident between jobs by a total, not per slot: a few
+//! *warm* slots keep the memory every job touches mapped (a job there takes no page
+//! faults on it), and take jobs first; the *cold* slots, enough for every job at once,
+//! give all their memory back when a job ends. A burst of large jobs therefore leaves at
+//! most [`SandboxConfig::max_resident`] behind, however many slots it used.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +19,7 @@ use std::time::Instant;
 use enclave_proto::v1::{
     ErrorCode, FinalEvent, JobError, JobStats, ToolResult, final_event, run_event::Event,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use wasmtime::{
     Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module, ModuleExport,
     PoolingAllocationConfig, Store, Trap, TypedFunc, UpdateDeadline,
@@ -36,6 +42,10 @@ const MEMORY_SLOT_SLACK: usize = 32 << 20;
 /// snapshot's working set is larger), 2-4 MiB cut the fresh-instance median about 3x.
 pub const DEFAULT_KEEP_RESIDENT: usize = 4 << 20;
 
+/// What the warm slots may keep resident in total: 16 slots of 4 MiB, more jobs at once
+/// than a small machine's cores run.
+pub const DEFAULT_MAX_RESIDENT: usize = 64 << 20;
+
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
     /// Jobs running at once; sizes the instance pool.
@@ -44,11 +54,27 @@ pub struct SandboxConfig {
     pub ceiling: Limits,
     /// Native stack for wasm code, which bounds how deeply a script can recurse.
     pub max_wasm_stack: usize,
-    /// Bytes of each pooled linear memory (and of its table and fiber stack) kept
-    /// mapped between jobs and reset in place instead of being returned to the kernel:
-    /// a job then takes no page faults on what every job touches. Must cover the
-    /// snapshot's working set (about 1.4 MiB) to help at all.
+    /// Bytes of each warm slot's linear memory (and of its table) kept mapped between
+    /// jobs and reset in place instead of being returned to the kernel: a job then takes
+    /// no page faults on what every job touches. Must cover the snapshot's working set
+    /// (about 1.4 MiB) to help at all.
     pub keep_resident: usize,
+    /// What all warm slots together may keep resident: there are
+    /// `max_resident / keep_resident` of them (at most one per job); 0 means none.
+    pub max_resident: usize,
+}
+
+impl SandboxConfig {
+    /// The number of warm slots.
+    pub fn warm_slots(&self) -> u32 {
+        let slots = self
+            .max_resident
+            .checked_div(self.keep_resident)
+            .unwrap_or(0);
+        u32::try_from(slots)
+            .unwrap_or(u32::MAX)
+            .min(self.max_concurrent_jobs)
+    }
 }
 
 impl Default for SandboxConfig {
@@ -58,6 +84,7 @@ impl Default for SandboxConfig {
             ceiling: Limits::ceiling(),
             max_wasm_stack: 512 << 10,
             keep_resident: DEFAULT_KEEP_RESIDENT,
+            max_resident: DEFAULT_MAX_RESIDENT,
         }
     }
 }
@@ -84,62 +111,91 @@ struct Exports {
     run: ModuleExport,
 }
 
-pub struct Sandbox {
+/// Instance slots of one pooling engine, with the snapshot compiled for it.
+struct Pool {
     engine: Engine,
     pre: InstancePre<JobState>,
     exports: Exports,
-    /// Linear memory the snapshot starts with; a job's heap limit comes on top.
-    memory_baseline: usize,
-    config: SandboxConfig,
     ticker: Arc<EpochTicker>,
 }
 
-impl Drop for Sandbox {
+impl Pool {
+    fn new(engine: Engine, module: &Module) -> wasmtime::Result<Pool> {
+        let mut linker = linker(&engine)?;
+        linker.define_unknown_imports_as_traps(module)?;
+        let export = |name: &str| {
+            module
+                .get_export_index(name)
+                .ok_or_else(|| Breach::internal(format!("the guest does not export `{name}`")))
+        };
+        let exports = Exports {
+            memory: export("memory")?,
+            run: export("run")?,
+        };
+        let pre = linker.instantiate_pre(module)?;
+        let ticker = EpochTicker::spawn(&engine);
+        Ok(Pool {
+            engine,
+            pre,
+            exports,
+            ticker,
+        })
+    }
+}
+
+impl Drop for Pool {
     fn drop(&mut self) {
         self.ticker.stop();
     }
+}
+
+pub struct Sandbox {
+    /// The warm slots and a permit for each free one; `None` without any.
+    warm: Option<(Pool, Semaphore)>,
+    /// Slots for every job at once, which give their memory back after each.
+    cold: Pool,
+    /// Linear memory the snapshot starts with; a job's heap limit comes on top.
+    memory_baseline: usize,
+    config: SandboxConfig,
 }
 
 impl Sandbox {
     /// Configures the engine, snapshots the guest and compiles the snapshot. Takes a
     /// couple of seconds (two Cranelift compilations); done once per process.
     pub async fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
-        let engine = engine(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        wasi::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let snapshot = snapshot(&engine, &linker)
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
+        let snapshot_error = |e: wasmtime::Error| SandboxError::Snapshot(format!("{e:#}"));
+        // One extra cold slot for the snapshot instance made at start-up.
+        let cold_engine =
+            engine(&config, config.max_concurrent_jobs + 1, 0).map_err(engine_error)?;
+        let snapshot = snapshot(&cold_engine, &linker(&cold_engine).map_err(engine_error)?)
             .await
-            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
-        let module = Module::new(&engine, &snapshot)
-            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
-        linker
-            .define_unknown_imports_as_traps(&module)
-            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
-        let export = |name: &str| {
-            module.get_export_index(name).ok_or_else(|| {
-                SandboxError::Snapshot(format!("the guest does not export `{name}`"))
-            })
-        };
-        let exports = Exports {
-            memory: export("memory")?,
-            run: export("run")?,
-        };
+            .map_err(snapshot_error)?;
+        let module = Module::new(&cold_engine, &snapshot).map_err(snapshot_error)?;
         let memory_baseline = match module.get_export("memory") {
             Some(wasmtime::ExternType::Memory(m)) => (m.minimum() as usize) * (1 << 16),
             _ => return Err(SandboxError::Snapshot("the guest exports no memory".into())),
         };
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
-        let ticker = EpochTicker::spawn(&engine);
+        let warm = match config.warm_slots() {
+            0 => None,
+            slots => {
+                let engine = engine(&config, slots, config.keep_resident).map_err(engine_error)?;
+                let compiled = module.serialize().map_err(snapshot_error)?;
+                // SAFETY: `compiled` is what `serialize` produced a moment ago, in this
+                // process, from a module of an engine with the same compilation settings
+                // (the two differ only in their pools); wasmtime checks that too.
+                let module =
+                    unsafe { Module::deserialize(&engine, &compiled) }.map_err(snapshot_error)?;
+                let pool = Pool::new(engine, &module).map_err(snapshot_error)?;
+                Some((pool, Semaphore::new(slots as usize)))
+            }
+        };
+        let cold = Pool::new(cold_engine, &module).map_err(snapshot_error)?;
         Ok(Sandbox {
-            engine,
-            pre,
-            exports,
+            warm,
+            cold,
             memory_baseline,
             config,
-            ticker,
         })
     }
 
@@ -150,7 +206,11 @@ impl Sandbox {
     /// Whether the epoch thread sleeps because no job has run for a while (see
     /// [`crate::epoch`]); for tests and diagnostics.
     pub fn epoch_ticker_asleep(&self) -> bool {
-        self.ticker.is_asleep()
+        self.pools().all(|pool| pool.ticker.is_asleep())
+    }
+
+    fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.warm.iter().map(|(pool, _)| pool).chain([&self.cold])
     }
 
     /// The limits a job gets: its level's preset, its overrides, within our ceilings.
@@ -179,10 +239,17 @@ impl Sandbox {
             tool_results,
             (code.into_bytes(), input_json.into_bytes()),
         );
+        // A warm slot if one is free. The permit outlives the store, whose drop gives the
+        // slot back.
+        let warm = self
+            .warm
+            .as_ref()
+            .and_then(|(pool, free)| Some((pool, free.try_acquire().ok()?)));
+        let pool = warm.as_ref().map_or(&self.cold, |(pool, _)| *pool);
         // Before any guest code runs: the epoch must advance while this job runs, or it
         // would have no time limit.
-        let _running = self.ticker.job_running();
-        let mut store = Store::new(&self.engine, state);
+        let _running = pool.ticker.job_running();
+        let mut store = Store::new(&pool.engine, state);
         store.limiter(|s| &mut s.memory_cap);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
@@ -193,7 +260,7 @@ impl Sandbox {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let run = self.drive(&mut store).await;
+        let run = drive(pool, &mut store).await;
         let state = store.data();
         let stats = JobStats {
             duration_us: state.started.elapsed().as_micros() as u64,
@@ -215,44 +282,54 @@ impl Sandbox {
             stats: Some(stats),
         })
     }
-
-    async fn drive(&self, store: &mut Store<JobState>) -> wasmtime::Result<()> {
-        let instance = self.pre.instantiate_async(&mut *store).await?;
-        let memory = match instance.get_module_export(&mut *store, &self.exports.memory) {
-            Some(Extern::Memory(m)) => m,
-            _ => return Err(Breach::internal("guest memory missing").into()),
-        };
-        store.data_mut().memory = Some(memory);
-        // One call per job: the guest pulls its code and input through `job_take`.
-        let run: TypedFunc<(u32, u32, u64), ()> = instance
-            .get_module_export(&mut *store, &self.exports.run)
-            .and_then(Extern::into_func)
-            .ok_or_else(|| wasmtime::Error::new(Breach::internal("guest export missing")))?
-            .typed(&*store)?;
-        let state = store.data();
-        let code_len =
-            u32::try_from(state.job.0.len()).map_err(|_| Breach::internal("code too large"))?;
-        let input_len =
-            u32::try_from(state.job.1.len()).map_err(|_| Breach::internal("input too large"))?;
-        let seed: u64 = rand::random();
-        run.call_async(&mut *store, (code_len, input_len, seed))
-            .await
-    }
 }
 
-fn engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
-    let jobs = config.max_concurrent_jobs.max(1);
+/// Instantiates the snapshot in `pool` and runs the job's one guest call.
+async fn drive(pool: &Pool, store: &mut Store<JobState>) -> wasmtime::Result<()> {
+    let instance = pool.pre.instantiate_async(&mut *store).await?;
+    let memory = match instance.get_module_export(&mut *store, &pool.exports.memory) {
+        Some(Extern::Memory(m)) => m,
+        _ => return Err(Breach::internal("guest memory missing").into()),
+    };
+    store.data_mut().memory = Some(memory);
+    // One call per job: the guest pulls its code and input through `job_take`.
+    let run: TypedFunc<(u32, u32, u64), ()> = instance
+        .get_module_export(&mut *store, &pool.exports.run)
+        .and_then(Extern::into_func)
+        .ok_or_else(|| wasmtime::Error::new(Breach::internal("guest export missing")))?
+        .typed(&*store)?;
+    let state = store.data();
+    let code_len =
+        u32::try_from(state.job.0.len()).map_err(|_| Breach::internal("code too large"))?;
+    let input_len =
+        u32::try_from(state.job.1.len()).map_err(|_| Breach::internal("input too large"))?;
+    let seed: u64 = rand::random();
+    run.call_async(&mut *store, (code_len, input_len, seed))
+        .await
+}
+
+/// The instance functions every pool links: the `enclave` ABI and the WASI stubs.
+fn linker(engine: &Engine) -> wasmtime::Result<Linker<JobState>> {
+    let mut linker = Linker::new(engine);
+    host::add_to_linker(&mut linker)?;
+    wasi::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// An engine whose pool has `slots` instance slots, each keeping `keep_resident` bytes
+/// of memory mapped between jobs.
+fn engine(config: &SandboxConfig, slots: u32, keep_resident: usize) -> wasmtime::Result<Engine> {
+    let slots = slots.max(1);
     let mut pool = PoolingAllocationConfig::new();
-    // One extra slot for the snapshot instance made at start-up.
-    pool.total_core_instances(jobs + 1)
-        .total_memories(jobs + 1)
-        .total_tables(jobs + 1)
-        .total_stacks(jobs + 1)
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .total_stacks(slots)
         .max_memory_size(config.ceiling.memory_bytes as usize + MEMORY_SLOT_SLACK)
-        .linear_memory_keep_resident(config.keep_resident)
+        .linear_memory_keep_resident(keep_resident)
         // Tables are reset the same way (a few KiB); fiber stacks are not kept: measured,
         // zeroing them costs more than the faults it saves.
-        .table_keep_resident(config.keep_resident)
+        .table_keep_resident(keep_resident)
         // Reset only the pages a job wrote (Linux 6.7+ PAGEMAP_SCAN), not all it kept
         // resident: a trivial job writes ~29 of the snapshot's 352 pages. Off by default
         // in wasmtime; measured here, it took the fresh-instance median from 38 to 23 µs.
