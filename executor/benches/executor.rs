@@ -8,6 +8,9 @@
 //! - resident memory per live instance, what a burst of large jobs leaves resident, and
 //!   sandbox start-up time;
 //! - Node's `vm` with a new context per job, as the reference (if `node` is installed).
+//!
+//! `cargo bench -p enclave-executor -- soak [SECS]` runs a soak instead (600 s by
+//! default): jobs of mixed sizes, and the resident memory every 30 s.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -83,7 +86,62 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(bench());
+    // `-- soak [SECS]`: the soak alone.
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "soak") {
+        Some(i) => {
+            let secs = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(600);
+            rt.block_on(soak(secs));
+        }
+        None => rt.block_on(bench()),
+    }
+}
+
+/// Jobs of 0 to 8 MiB of heap from 32 workers for `secs` seconds, and the process's
+/// resident memory every 30 s: the floor between jobs must stay flat.
+async fn soak(secs: u64) {
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            keep_resident: keep_resident(),
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let started = Instant::now();
+    let end = started + Duration::from_secs(secs);
+    let jobs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..32usize {
+        let sandbox = sandbox.clone();
+        let jobs = jobs.clone();
+        workers.push(tokio::spawn(async move {
+            let mut i = worker;
+            while Instant::now() < end {
+                let mib = [0, 1, 2, 4, 8][i % 5];
+                let code = format!(
+                    "const a = []; for (let i = 0; i < {mib}; i++) a.push(new Uint8Array(1 << 20).fill(1)); \
+                     await null; return a.length"
+                );
+                run(&sandbox, &code).await;
+                jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    while Instant::now() < end {
+        tokio::time::sleep((end - Instant::now()).min(Duration::from_secs(30))).await;
+        println!(
+            "soak {:>4.0} s: {} jobs, resident {:.1} MiB (warm slots: {})",
+            started.elapsed().as_secs_f64(),
+            jobs.load(std::sync::atomic::Ordering::Relaxed),
+            rss_bytes() as f64 / (1 << 20) as f64,
+            sandbox.config().warm_slots()
+        );
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
 }
 
 async fn bench() {
