@@ -23,9 +23,8 @@ fn main() -> ExitCode {
 }
 
 /// One thread: the CLI runs one job over one connection, and a second worker would
-/// only be woken (and put back to sleep) for every message (`cargo bench -p
-/// enclave-broker -- deployed`: a client on one thread spent 109 against 135 µs of CPU
-/// per job, and 60 against 140 µs with single-threaded servers).
+/// only be woken (and put back to sleep) for every message, which costs CPU per job
+/// (`cargo bench -p enclave-broker -- deployed`; figures in docs/PERFORMANCE.md).
 fn run(args: cli::args::Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

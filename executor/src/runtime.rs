@@ -3,10 +3,8 @@
 //!
 //! A multi-thread runtime wakes an idle sibling worker whenever one worker finds work
 //! (so that the sibling can steal), and on a small machine that wake-up costs more than
-//! a short job: measured on 2 cores with client, broker and executor as separate
-//! processes (`cargo bench -p enclave-broker -- deployed`), sealed `return 1+1` took p50
-//! 529–552 µs with a worker per core in each server and 252 µs with one, at less than
-//! half the CPU per job. Hence `--worker-threads`: all cores by default, 1 for a
+//! a short job (`cargo bench -p enclave-broker -- deployed`; the figures are in
+//! docs/PERFORMANCE.md). Hence `--worker-threads`: all cores by default, 1 for a
 //! process per core (e.g. `docker compose --scale executor=N`, one executor per core).
 
 use std::io::IsTerminal;

@@ -38,8 +38,8 @@ pub const GUEST_WASM: &[u8] = include_bytes!(env!("ENCLAVE_GUEST_WASM"));
 /// baseline (static data, shadow stack, the snapshot's heap).
 const MEMORY_SLOT_SLACK: usize = 32 << 20;
 
-/// Measured with `cargo bench -p enclave-executor`: 1 MiB is no faster than 0 (the
-/// snapshot's working set is larger), 2-4 MiB cut the fresh-instance median about 3x.
+/// Enough for the snapshot's working set, which less would not cover (so would not
+/// help); `cargo bench -p enclave-executor` measures it (docs/PERFORMANCE.md).
 pub const DEFAULT_KEEP_RESIDENT: usize = 4 << 20;
 
 /// What the warm slots may keep resident in total: 16 slots of 4 MiB, more jobs at once
@@ -332,7 +332,7 @@ fn engine(config: &SandboxConfig, slots: u32, keep_resident: usize) -> wasmtime:
         .table_keep_resident(keep_resident)
         // Reset only the pages a job wrote (Linux 6.7+ PAGEMAP_SCAN), not all it kept
         // resident: a trivial job writes ~29 of the snapshot's 352 pages. Off by default
-        // in wasmtime; measured here, it took the fresh-instance median from 38 to 23 µs.
+        // in wasmtime; it cuts the fresh-instance median (docs/PERFORMANCE.md).
         .pagemap_scan(wasmtime::Enabled::Auto);
     let mut c = Config::new();
     c.epoch_interruption(true)
