@@ -32,12 +32,12 @@ async fn a_burst_of_oversized_requests_is_bounded_and_given_back() {
         baseline >> 20,
         after >> 20
     );
-    // Every one refused (too large, or past the request memory budget), none ran.
+    // Every one refused as PROTOCOL.md §11 says (over the transport limit, or past the
+    // request memory budget), none ran.
     assert!(
-        codes.iter().all(|c| matches!(
-            c,
-            tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
-        )),
+        codes
+            .iter()
+            .all(|c| matches!(c, tonic::Code::ResourceExhausted | tonic::Code::OutOfRange)),
         "{codes:?}"
     );
     assert!(
