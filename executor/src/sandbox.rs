@@ -181,6 +181,7 @@ impl Sandbox {
             slots => {
                 let engine = engine(&config, slots, config.keep_resident).map_err(engine_error)?;
                 let compiled = module.serialize().map_err(snapshot_error)?;
+                #[allow(unsafe_code)]
                 // SAFETY: `compiled` is what `serialize` produced a moment ago, in this
                 // process, from a module of an engine with the same compilation settings
                 // (the two differ only in their pools); wasmtime checks that too.
