@@ -97,17 +97,19 @@ fn main() {
     }
 }
 
+/// The sandbox every part measures: the default one, with `ENCLAVE_BENCH_KEEP_RESIDENT`.
+async fn sandbox() -> Arc<Sandbox> {
+    let config = SandboxConfig {
+        keep_resident: keep_resident(),
+        ..SandboxConfig::default()
+    };
+    Arc::new(Sandbox::new(config).await.unwrap())
+}
+
 /// Jobs of 0 to 8 MiB of heap from 32 workers for `secs` seconds, and the process's
 /// resident memory every 30 s: the floor between jobs must stay flat.
 async fn soak(secs: u64) {
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            keep_resident: keep_resident(),
-            ..SandboxConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
+    let sandbox = sandbox().await;
     let started = Instant::now();
     let end = started + Duration::from_secs(secs);
     let jobs = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -146,14 +148,7 @@ async fn soak(secs: u64) {
 
 async fn bench() {
     let started = Instant::now();
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            keep_resident: keep_resident(),
-            ..SandboxConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
+    let sandbox = sandbox().await;
     println!(
         "sandbox start-up (snapshot + compile): {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
