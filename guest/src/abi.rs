@@ -69,6 +69,7 @@ pub fn finish(kind: i32, payload: &[u8]) {
 
 /// An allocation failed: the host ends the job (it traps the instance).
 pub fn out_of_memory() -> ! {
+    // SAFETY: the import takes no arguments and touches no guest memory.
     unsafe { host_out_of_memory() };
     // The host never returns from it; if it did, stop here all the same.
     std::process::abort()
