@@ -1,8 +1,9 @@
 //! Builds the guest (`../guest`, QuickJS for `wasm32-wasip1`) and hands its path to the
 //! crate as `ENCLAVE_GUEST_WASM`.
 //!
-//! The guest has its own target directory (`target/guest`), shared by every profile of
-//! the host build, so it is compiled once and rebuilt only when its sources change. A
+//! The guest has its own target directory (`target/guest`, or `ENCLAVE_GUEST_TARGET_DIR`),
+//! shared by every profile of the host build, so it is compiled once and rebuilt only
+//! when its sources change. A
 //! nested cargo with the outer target directory would deadlock on cargo's lock.
 //!
 //! The C part of QuickJS is compiled with Debian's clang and wasi-libc (no wasi-sdk
@@ -13,7 +14,13 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUEST_SOURCES: &[&str] = &["Cargo.toml", "Cargo.lock", "src", ".cargo/config.toml"];
+const GUEST_SOURCES: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "src",
+    ".cargo/config.toml",
+    "vendor",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -27,7 +34,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=ENCLAVE_GUEST_CC");
     println!("cargo:rerun-if-env-changed=ENCLAVE_WASI_LIBC");
 
-    let target_dir = workspace_target_dir().join("guest");
+    // Builds outside the workspace's target directory (the fuzz targets') can share its
+    // guest instead of compiling their own.
+    println!("cargo:rerun-if-env-changed=ENCLAVE_GUEST_TARGET_DIR");
+    let target_dir = env::var_os("ENCLAVE_GUEST_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target_dir().join("guest"));
     let sysroot = target_dir.join("wasi-sysroot");
     let wasi_libc = env::var("ENCLAVE_WASI_LIBC").unwrap_or_else(|_| "/usr".into());
     make_sysroot(&sysroot, Path::new(&wasi_libc));

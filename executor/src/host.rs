@@ -9,8 +9,8 @@ use std::fmt;
 use std::time::Instant;
 
 use enclave_proto::v1::{
-    ConsoleEvent, ConsoleLevel, ErrorCode, ToolCall, ToolResult, run_event::Event,
-    tool_result::Outcome as ToolOutcome,
+    ConsoleEvent, ConsoleLevel, ErrorCode, JobError, ToolCall, ToolResult, final_event,
+    run_event::Event, tool_result::Outcome as ToolOutcome,
 };
 use tokio::sync::mpsc;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
@@ -281,18 +281,22 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
         "finish",
         |mut caller: Caller<'_, JobState>, kind: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
             let limit = caller.data().limits.max_result_bytes;
-            if kind == 0 && len as u32 as u64 > limit {
-                return Err(Breach::new(
+            let too_large = |bytes: usize| {
+                Breach::new(
                     ErrorCode::ResultTooLarge,
-                    format!(
-                        "the result is {} bytes of JSON; the limit is {limit}",
-                        len as u32
-                    ),
+                    format!("the result is {bytes} bytes of JSON; the limit is {limit}"),
                 )
-                .into());
+            };
+            // Before copying it out, and again once it is valid UTF-8 (which can only
+            // grow it, and only when the guest is not the engine we built).
+            if kind == 0 && len as u32 as u64 > limit {
+                return Err(too_large(len as u32 as usize).into());
             }
             let bytes = guest_bytes(&caller, ptr, len)?;
             let (text, depth) = make_well_formed(String::from_utf8_lossy(&bytes).into_owned());
+            if kind == 0 && text.len() as u64 > limit {
+                return Err(too_large(text.len()).into());
+            }
             caller.data_mut().outcome = Some(if kind == 0 {
                 if depth > MAX_DEPTH {
                     return Err(Breach::new(
@@ -459,5 +463,67 @@ fn truncate(text: &mut String, max: usize) {
     text.truncate(end);
     if marker.len() <= max {
         text.push_str(&marker);
+    }
+}
+
+impl JobState {
+    /// What the guest reported through `finish`, as the job's outcome. The report is
+    /// the guest's, so it is read as untrusted: any text, bounded here.
+    pub fn reported_outcome(&self) -> final_event::Outcome {
+        match self.outcome.as_ref() {
+            Some(GuestOutcome::Result(json)) => final_event::Outcome::ResultJson(json.clone()),
+            Some(GuestOutcome::Error(kind, json)) => {
+                let code = match kind {
+                    1 => ErrorCode::ScriptError,
+                    2 => ErrorCode::SyntaxError,
+                    _ => ErrorCode::Internal,
+                };
+                final_event::Outcome::Error(self.script_error(code, json))
+            }
+            None => final_event::Outcome::Error(JobError {
+                code: ErrorCode::Internal as i32,
+                message: "the engine ended without reporting an outcome".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Turns the guest's JSON error description into a JobError.
+    fn script_error(&self, code: ErrorCode, json: &str) -> JobError {
+        let parsed: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let text = |k: &str| {
+            parsed
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut message = text("message");
+        if message.is_empty() && parsed.is_null() {
+            message = json.to_string();
+        }
+        let (mut name, mut stack) = (text("name"), text("stack"));
+        bound_error(
+            &mut name,
+            &mut message,
+            &mut stack,
+            self.limits.max_result_bytes,
+        );
+        // An error at the very end of the input (a missing brace) points at the wrapper's
+        // closing line, one past the script's last: report the script's last line instead.
+        let script = std::str::from_utf8(&self.job.0).unwrap_or_default();
+        let last_line = script.lines().count().max(1) as u64;
+        let line = parsed
+            .get("line")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+            .min(last_line);
+        JobError {
+            code: code as i32,
+            message,
+            name,
+            line: line as u32,
+            stack,
+        }
     }
 }

@@ -27,7 +27,7 @@ use wasmtime::{
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
 use crate::epoch::EpochTicker;
-use crate::host::{self, Breach, CallerFault, GuestOutcome, JobState, bound_error};
+use crate::host::{self, Breach, CallerFault, JobState};
 use crate::limits::{LimitError, Limits};
 use crate::wasi;
 
@@ -270,7 +270,7 @@ impl Sandbox {
             memory_bytes: state.memory_cap.peak_bytes.max(self.memory_baseline) as u64,
         };
         let outcome = match run {
-            Ok(()) => guest_outcome(state),
+            Ok(()) => state.reported_outcome(),
             Err(error) => {
                 if let Some(fault) = error.downcast_ref::<CallerFault>() {
                     return Err(CallerFault(fault.0.clone()));
@@ -413,64 +413,6 @@ impl InstanceState for Snapshotting<'_> {
 }
 
 /// The guest finished normally: its own report.
-fn guest_outcome(state: &JobState) -> final_event::Outcome {
-    match state.outcome.as_ref() {
-        Some(GuestOutcome::Result(json)) => final_event::Outcome::ResultJson(json.clone()),
-        Some(GuestOutcome::Error(kind, json)) => {
-            let code = match kind {
-                1 => ErrorCode::ScriptError,
-                2 => ErrorCode::SyntaxError,
-                _ => ErrorCode::Internal,
-            };
-            final_event::Outcome::Error(script_error(code, json, state))
-        }
-        None => final_event::Outcome::Error(JobError {
-            code: ErrorCode::Internal as i32,
-            message: "the engine ended without reporting an outcome".into(),
-            ..Default::default()
-        }),
-    }
-}
-
-/// Turns the guest's JSON error description into a JobError.
-fn script_error(code: ErrorCode, json: &str, state: &JobState) -> JobError {
-    let parsed: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let text = |k: &str| {
-        parsed
-            .get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let mut message = text("message");
-    if message.is_empty() && parsed.is_null() {
-        message = json.to_string();
-    }
-    let (mut name, mut stack) = (text("name"), text("stack"));
-    bound_error(
-        &mut name,
-        &mut message,
-        &mut stack,
-        state.limits.max_result_bytes,
-    );
-    // An error at the very end of the input (a missing brace) points at the wrapper's
-    // closing line, one past the script's last: report the script's last line instead.
-    let script = std::str::from_utf8(&state.job.0).unwrap_or_default();
-    let last_line = script.lines().count().max(1) as u64;
-    let line = parsed
-        .get("line")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0)
-        .min(last_line);
-    JobError {
-        code: code as i32,
-        message,
-        name,
-        line: line as u32,
-        stack,
-    }
-}
-
 /// The guest was stopped: by a host-side limit (memory included) or a wasm trap.
 fn trap_error(error: &wasmtime::Error) -> JobError {
     let (code, message) = if let Some(breach) = error.downcast_ref::<Breach>() {

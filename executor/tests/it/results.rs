@@ -100,6 +100,47 @@ async fn a_syntax_error_has_its_line() {
     assert_eq!(t.error().line, 2);
 }
 
+/// Lines are the ones an editor shows, split at `\n`. U+2028, U+2029 and a lone CR end a
+/// line for the grammar but are not counted, wherever they stand (the engine counted them
+/// between tokens only: see guest/vendor/README.md).
+#[tokio::test]
+async fn line_separators_do_not_shift_reported_lines() {
+    let thrown = [
+        ("const a = 1;\u{2028}const b = 2;\nthrow new Error('x')", 2),
+        (
+            "const a = 1;\u{2029}\u{2028}const b = 2;\nthrow new Error('x')",
+            2,
+        ),
+        ("const a = 1;\rconst b = 2;\r\nthrow new Error('x')", 2),
+        ("// a comment\u{2028}throw new Error('x')", 1),
+        (
+            "const s = '\u{2028}';\n/* \u{2028} */ const t = `\u{2028}`;\nthrow new Error('x')",
+            3,
+        ),
+    ];
+    for (code, line) in thrown {
+        // Lines after the error: a line past the script's end would be cut to its last.
+        let code = format!("{code}\n// more\n// lines\n");
+        let t = run(job(&code)).await;
+        assert_eq!(t.code(), ErrorCode::ScriptError, "{code:?}");
+        assert_eq!(t.error().line, line, "{code:?}: {:?}", t.error());
+        let frame = format!("script.js:{line}:");
+        assert!(
+            t.error().stack.contains(&frame),
+            "{code:?}: {:?}",
+            t.error()
+        );
+    }
+    let t = run(job("const a = 1;\u{2028}\u{2028}const b = ;\n\n\n")).await;
+    assert_eq!(t.code(), ErrorCode::SyntaxError);
+    assert_eq!(t.error().line, 1, "{:?}", t.error());
+    // They still end a line for automatic semicolon insertion and restricted productions.
+    let t = run(job("let a = 1\u{2028}let b = 2\rreturn a + b")).await;
+    assert_eq!(t.result(), json!(3));
+    let t = run(job("return\u{2029}5")).await;
+    assert_eq!(t.result(), json!(null));
+}
+
 #[tokio::test]
 async fn input_is_visible_as_a_global() {
     let j = Job {
