@@ -28,9 +28,9 @@ pub const DEFAULT_HTTP_MAX_RESPONSE_BYTES: u64 = 1 << 20;
 /// Redirects followed by `http:fetch`, every hop checked against the allow-list. Five is
 /// what real APIs need (http->https, a trailing slash, a moved resource) with room left.
 pub const DEFAULT_HTTP_MAX_REDIRECTS: u32 = 5;
-/// A response may not exceed this even if configured higher: it must fit in one gRPC
-/// message to the executor along with its JSON framing.
-pub const MAX_HTTP_RESPONSE_BYTES: u64 = (enclave_executor::server::MAX_MESSAGE_BYTES as u64) / 2;
+/// A response may not exceed this even if configured higher: it must fit in a tool
+/// result ([`crate::tools::MAX_RESULT_BYTES`]) along with its JSON framing.
+pub const MAX_HTTP_RESPONSE_BYTES: u64 = (enclave_proto::MAX_PLAINTEXT_LEN as u64) / 2;
 
 /// How often a `dns` executor name is resolved again: quick enough to pick up
 /// `docker compose --scale` within seconds, rare enough to cost nothing.

@@ -65,4 +65,8 @@ impl Backend for Embedded {
     fn describe(&self) -> String {
         format!("embedded sandbox ({} jobs at once)", self.jobs.max_jobs())
     }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.jobs.metrics().register(registry);
+    }
 }

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, JobsConfig};
 use crate::embedded::EmbeddedError;
+use crate::metrics::BrokerMetrics;
 use crate::pool::{self, Backend, StartError, StartedJob};
 use crate::secrets::JobSecrets;
 use crate::tools::{ToolError, Tools, ToolsError};
@@ -135,6 +136,7 @@ pub struct Broker {
     tools: Arc<Tools>,
     backend: Arc<dyn Backend>,
     jobs: JobsConfig,
+    metrics: BrokerMetrics,
 }
 
 impl Broker {
@@ -157,7 +159,13 @@ impl Broker {
             tools: Arc::new(tools),
             backend,
             jobs,
+            metrics: BrokerMetrics::default(),
         }
+    }
+
+    /// What the broker counts, to register with its metrics.
+    pub fn metrics(&self) -> &BrokerMetrics {
+        &self.metrics
     }
 
     pub fn tools(&self) -> &Tools {
@@ -221,7 +229,7 @@ impl Broker {
         out: &mpsc::Sender<T>,
         emit: impl FnMut(Output) -> T,
     ) {
-        let mut outbox = Outbox::new(out, emit, &self.jobs);
+        let mut outbox = Outbox::new(out, emit, &self.jobs, &self.metrics);
         let outcome = tokio::select! {
             biased;
             _ = out.closed() => return,
@@ -248,9 +256,13 @@ impl Broker {
             Ok(started) => started,
             Err(e) => {
                 tracing::warn!(error = %e, "job not started");
-                return Some(Err(e.into()));
+                let failure = Err(e.into());
+                self.metrics
+                    .job_finished(Some(&failure), started_at.elapsed());
+                return Some(failure);
             }
         };
+        self.metrics.job_started();
         let accepted = Instant::now();
         let job_deadline = accepted + timeout;
         let hard_deadline = job_deadline + self.jobs.deadline_margin();
@@ -287,12 +299,15 @@ impl Broker {
             }
             Err(failure) if failure.kind == FailureKind::Cancelled => {
                 tracing::info!(executor = %started.executor, elapsed_ms, "job cancelled: the caller went away");
+                self.metrics.job_finished(None, started_at.elapsed());
                 return None;
             }
             Err(failure) => {
                 tracing::warn!(executor = %started.executor, kind = ?failure.kind, error = %failure, elapsed_ms, "job failed");
             }
         }
+        self.metrics
+            .job_finished(Some(&outcome), started_at.elapsed());
         Some(outcome)
     }
 
@@ -356,9 +371,12 @@ impl Broker {
                         tracing::debug!(tool = %call.name, call_id = call.call_id, "tool call");
                         outbox.push(Output::Event(JobEvent::ToolCall(call.clone())));
                         let tools = &self.tools;
+                        let metrics = &self.metrics;
                         let job_deadline = budget.job_deadline;
                         pending.push(async move {
+                            let began = Instant::now();
                             let outcome = tools.call(secrets, &call.name, &call.args_json, job_deadline).await;
+                            metrics.tool_call(tools.metric_label(&call.name), &outcome, began.elapsed());
                             (call.call_id, call.name, outcome)
                         });
                     }
@@ -412,6 +430,8 @@ impl Output {
 /// the job's pump wait, bounded by bytes, with the time of the caller's last read.
 struct Outbox<'a, T, F> {
     out: &'a mpsc::Sender<T>,
+    /// When the job arrived and who hears of its first event, until it has come.
+    first_event: Option<(Instant, &'a BrokerMetrics)>,
     emit: F,
     queue: VecDeque<(T, usize)>,
     bytes: usize,
@@ -421,9 +441,15 @@ struct Outbox<'a, T, F> {
 }
 
 impl<'a, T, F: FnMut(Output) -> T> Outbox<'a, T, F> {
-    fn new(out: &'a mpsc::Sender<T>, emit: F, config: &JobsConfig) -> Self {
+    fn new(
+        out: &'a mpsc::Sender<T>,
+        emit: F,
+        config: &JobsConfig,
+        metrics: &'a BrokerMetrics,
+    ) -> Self {
         Outbox {
             out,
+            first_event: Some((Instant::now(), metrics)),
             emit,
             queue: VecDeque::new(),
             bytes: 0,
@@ -434,6 +460,9 @@ impl<'a, T, F: FnMut(Output) -> T> Outbox<'a, T, F> {
     }
 
     fn push(&mut self, output: Output) {
+        if let Some((arrived, metrics)) = self.first_event.take() {
+            metrics.first_event(arrived.elapsed());
+        }
         let size = output.size();
         if self.queue.is_empty() {
             // The stall clock runs from when something is waiting, not from the last read.

@@ -13,11 +13,13 @@
 //!   load balancing, health, retry before start, DNS discovery).
 //! - [`embedded`]: jobs in this process, when no executors are configured.
 //! - [`jobs`]: [`Broker::run_job`], which pumps a job's events and runs its tool calls.
+//! - [`metrics`]: what the broker counts (`enclave_broker_*`), and collectors that read
+//!   the session table and the executor pool at each scrape.
 //! - [`session`]: the one table of sessions (v1 and legacy): stages, expiry, caps,
 //!   eviction, close.
 //! - [`service`]: the public `enclave.v1.Broker` gRPC service over sealed records.
 //! - [`server`]: serving it with health and reflection, under the connection policy of
-//!   `enclave_executor::listener` (shared with the HTTP listener).
+//!   `enclave_server::listener` (shared with the HTTP listener).
 //! - [`http`]: the HTTP/1.1 API (docs/HTTP.md): protocol v1 in JSON over the same
 //!   service, the legacy seed-compatible API, and the browser playground.
 //! - [`tls`]: TLS on both listeners (`--tls-cert` / `--tls-key`).
@@ -37,6 +39,7 @@ pub mod config;
 pub mod embedded;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod pool;
 pub mod secrets;
 pub mod server;

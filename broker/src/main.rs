@@ -112,10 +112,14 @@ struct ServeArgs {
     /// legacy requests get 429 until sessions expire.
     #[arg(long, env = "ENCLAVE_MAX_LEGACY_IVS", default_value_t = enclave_broker::session::DEFAULT_MAX_LEGACY_IVS)]
     max_legacy_ivs: usize,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), or `off` [default: off].
+    /// Keep it on a private network: it tells the job rate and outcomes.
+    #[arg(long, env = "ENCLAVE_METRICS_LISTEN", default_value = "off")]
+    metrics_listen: enclave_server::metrics::MetricsListen,
     #[command(flatten)]
-    connection: enclave_executor::listener::ConnectionArgs,
+    connection: enclave_server::listener::ConnectionArgs,
     /// Seconds for a whole request body to arrive.
-    #[arg(long, env = "ENCLAVE_BODY_TIMEOUT_SECS", default_value_t = enclave_executor::listener::DEFAULT_REQUEST_BODY_TIMEOUT.as_secs(),
+    #[arg(long, env = "ENCLAVE_BODY_TIMEOUT_SECS", default_value_t = enclave_server::listener::DEFAULT_REQUEST_BODY_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout_secs: u64,
     /// MiB of request bodies held at once, both listeners together, until their answers
@@ -141,13 +145,13 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    enclave_executor::runtime::build(cli.serve.worker_threads)
+    enclave_server::runtime::build(cli.serve.worker_threads)
         .context("starting the tokio runtime")?
         .block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    enclave_executor::runtime::init_logging();
+    enclave_server::runtime::init_logging();
     match cli.command {
         Some(Command::Keygen { path }) => {
             let key = enclave_proto::keys::keygen(&path)
@@ -213,11 +217,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let http_listener = bind_http(args.http_listen).await?;
+    let metrics_listener = args
+        .metrics_listen
+        .bind()
+        .await
+        .with_context(|| format!("binding {} (metrics)", args.metrics_listen))?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // Before the "serving" line, which tells that start-up is over.
+    if http_addr.is_some() && args.legacy_api {
+        tracing::warn!(
+            "the legacy API is on (--legacy-api): it has no server authentication (anyone on \
+             the path can read and rewrite its traffic), no key derivation, no associated data \
+             and no sequence numbers; use protocol v1 for anything new (README.md)"
+        );
+    }
     // `http_addr` after `addr`: tests find the gRPC address as the first `addr=`.
     tracing::info!(
         addr = %listener.local_addr()?,
         http_addr = %enclave_broker::http::HttpListen(http_addr),
+        metrics_addr = %enclave_server::metrics::MetricsListen(metrics_addr),
         fingerprint = %fingerprint,
         mode,
         client_auth = handshake.client_auth_required(),
@@ -228,23 +250,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "broker serving"
     );
-    if http_addr.is_some() && args.legacy_api {
-        tracing::warn!(
-            "the legacy API is on (--legacy-api): it has no server authentication (anyone on \
-             the path can read and rewrite its traffic), no key derivation, no associated data \
-             and no sequence numbers; use protocol v1 for anything new (README.md)"
-        );
-    }
+    let registry = Arc::new(enclave_broker::metrics::registry(
+        &broker,
+        &sessions,
+        &connections,
+    ));
     let service = BrokerService::new(Arc::new(broker), sessions, handshake);
-    // One signal stops both servers; each lets its open requests finish.
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
+    // One signal stops every server; each lets its open requests finish.
+    let shutdown = enclave_server::runtime::shutdown_on_signal();
     let http = async {
         let Some(listener) = http_listener else {
             return Ok(());
@@ -276,17 +289,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("serving gRPC")
     };
-    tokio::try_join!(grpc, http)?;
+    let metrics = async {
+        enclave_server::metrics::serve(
+            metrics_listener,
+            registry,
+            shutdown.clone().cancelled_owned(),
+        )
+        .await
+        .context("serving metrics")
+    };
+    tokio::try_join!(grpc, http, metrics)?;
     Ok(())
 }
 
 /// The connection policy of both listeners, with a cap that fits the descriptor limit.
-fn connections(args: &ServeArgs) -> Arc<enclave_executor::listener::Connections> {
-    let policy = enclave_executor::listener::ConnectionPolicy {
+fn connections(args: &ServeArgs) -> Arc<enclave_server::listener::Connections> {
+    let policy = enclave_server::listener::ConnectionPolicy {
         request_body_timeout: Some(Duration::from_secs(args.body_timeout_secs)),
         ..args.connection.policy()
     };
-    enclave_executor::listener::Connections::with_request_memory(
+    enclave_server::listener::Connections::with_request_memory(
         policy,
         (args.max_request_memory_mib as usize) << 20,
     )
@@ -326,13 +348,4 @@ fn load_or_create_identity(path: &Path) -> anyhow::Result<IdentityKey> {
         .with_context(|| format!("creating the identity key {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated a new broker identity");
     Ok(key)
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

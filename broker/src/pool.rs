@@ -109,6 +109,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A line for logs and status pages.
     fn describe(&self) -> String;
+
+    /// The executors jobs go to and their state; none when jobs run in this process.
+    fn executors(&self) -> Vec<ExecutorStatus> {
+        Vec::new()
+    }
+
+    /// Adds what the backend itself counts (the embedded executor's job metrics).
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }
 
 /// The backend the config asks for: embedded without executors, else a remote pool.
@@ -169,7 +177,7 @@ impl Member {
             .keep_alive_while_idle(true)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
-        let max = enclave_executor::server::MAX_MESSAGE_BYTES;
+        let max = enclave_server::grpc::MAX_MESSAGE_BYTES;
         Ok(Member {
             endpoint,
             client: ExecutorClient::new(channel.connect_lazy())
@@ -231,6 +239,12 @@ pub struct ExecutorStatus {
     pub endpoint: String,
     pub in_flight: usize,
     pub health: Health,
+}
+
+impl ExecutorStatus {
+    pub fn is_healthy(&self) -> bool {
+        matches!(self.health, Health::Up)
+    }
 }
 
 struct Shared {
@@ -538,6 +552,10 @@ impl Backend for RemotePool {
             Some(name) => format!("executors at {name} ({} resolved)", self.members().len()),
             None => format!("{} executors", self.members().len()),
         }
+    }
+
+    fn executors(&self) -> Vec<ExecutorStatus> {
+        RemotePool::executors(self)
     }
 }
 

@@ -1,12 +1,13 @@
-//! Serving the broker: the Broker service with health and reflection, on a listener
+//! Serving the broker: the Broker service with health and reflection
+//! ([`enclave_server::grpc`]), on a listener
 //! the caller binds (tests bind port 0), under the connection policy of
-//! [`enclave_executor::listener`], until a shutdown signal.
+//! [`enclave_server::listener`], until a shutdown signal.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use enclave_executor::listener::{self, ConnectionPolicy, Connections, HttpVersion};
-use enclave_proto::v1::broker_server::BrokerServer;
+use enclave_server::grpc;
+use enclave_server::listener::{self, ConnectionPolicy, Connections, HttpVersion};
 use tokio::net::TcpListener;
 
 use crate::service::BrokerService;
@@ -38,24 +39,10 @@ pub async fn serve_with(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<BrokerServer<BrokerService>>().await;
     service
         .sessions()
         .spawn_sweeper(crate::session::DEFAULT_SWEEP_INTERVAL);
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(
-            reflection()
-                .build_v1()
-                .expect("embedded descriptors are valid"),
-        )
-        .add_service(
-            reflection()
-                .build_v1alpha()
-                .expect("embedded descriptors are valid"),
-        )
-        .add_service(service.into_server())
-        .prepare();
+    let (_health, routes) = grpc::routes(service.into_server()).await;
     listener::serve(
         listener,
         connections,
@@ -65,16 +52,4 @@ pub async fn serve_with(
         shutdown,
     )
     .await
-}
-
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(enclave_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // The descriptor set holds every enclave service; advertise only the ones this
-        // binary serves.
-        .with_service_name("enclave.v1.Broker")
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }

@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use enclave_proto::v1::{
-    ClientAuthAccepted, CloseSessionResponse, ErrorCode, ExecuteRequest, ExecuteResult,
-    HandshakeRequest, HandshakeResponse, JobError, RecordKind, SealedRecord, StreamEvent,
-    ToolResultEvent,
+    ClientAuth, ClientAuthAccepted, ClientHello, CloseSessionResponse, ErrorCode, ExecuteRequest,
+    ExecuteResult, HandshakeRequest, HandshakeResponse, JobError, RecordKind, SealedRecord,
+    ServerHello, StreamEvent, Suite, ToolResultEvent,
     broker_server::{Broker as BrokerRpc, BrokerServer},
     execute_result, handshake_request, handshake_response, stream_event,
 };
@@ -25,10 +25,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::jobs::{Broker, JobEvent, Output};
+use crate::metrics::Refused;
 use crate::session::{Session, SessionStore, Source};
-
-/// Sealed records carry jobs and results up to the protocol's 16 MiB plaintext cap.
-pub const MAX_MESSAGE_BYTES: usize = 20 << 20;
 
 #[derive(Clone)]
 pub struct BrokerService {
@@ -68,8 +66,8 @@ impl BrokerService {
 
     pub fn into_server(self) -> BrokerServer<BrokerService> {
         BrokerServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(enclave_server::grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(enclave_server::grpc::MAX_MESSAGE_BYTES)
     }
 
     /// Finds the session and opens the record as `kind`. Only a record that opens
@@ -79,10 +77,38 @@ impl BrokerService {
         record: &SealedRecord,
         kind: RecordKind,
     ) -> Result<(Arc<Session>, OpenedRequest), Status> {
-        let session = self.sessions.get(&record.session_id)?;
-        let opened = session.protocol().open_request(record, kind)?;
+        let metrics = self.broker.metrics();
+        let session = self.sessions.get(&record.session_id).inspect_err(|_| {
+            metrics.record_refused(Refused::UnknownSession);
+        })?;
+        let opened = session
+            .protocol()
+            .open_request(record, kind)
+            .inspect_err(|e| metrics.record_refused(Refused::of(e)))?;
         session.touch();
         Ok((session, opened))
+    }
+
+    fn client_hello(
+        &self,
+        hello: &ClientHello,
+        source: Option<Source>,
+    ) -> Result<ServerHello, Status> {
+        // Before any key work: refusing is cheap, accepting is not.
+        self.sessions.admit(source)?;
+        let (session, server_hello) = enclave_proto::handshake::accept(&self.handshake, hello)?;
+        self.sessions.insert(session, source)?;
+        Ok(server_hello)
+    }
+
+    fn client_auth(&self, auth: &ClientAuth) -> Result<(), Status> {
+        let session = self.sessions.get(&auth.session_id)?;
+        let client = session
+            .protocol()
+            .verify_client_auth(&self.handshake, auth)?;
+        self.sessions.authenticated(&session);
+        tracing::info!(%client, "client authenticated");
+        Ok(())
     }
 
     fn open_job(
@@ -102,11 +128,11 @@ impl BrokerService {
 }
 
 /// Where a request came from: the connection's peer (every listener of
-/// [`enclave_executor::listener`] attaches it), or tonic's own connection info.
+/// [`enclave_server::listener`] attaches it), or tonic's own connection info.
 fn source_of<T>(request: &Request<T>) -> Option<Source> {
     request
         .extensions()
-        .get::<enclave_executor::listener::PeerAddr>()
+        .get::<enclave_server::listener::PeerAddr>()
         .map(|peer| peer.0.ip())
         .or_else(|| request.remote_addr().map(|addr| addr.ip()))
         .map(Source::of)
@@ -121,22 +147,18 @@ impl BrokerRpc for BrokerService {
         request: Request<HandshakeRequest>,
     ) -> Result<Response<HandshakeResponse>, Status> {
         let source = source_of(&request);
+        let metrics = self.broker.metrics();
         let step = match request.into_inner().step {
             Some(handshake_request::Step::ClientHello(hello)) => {
-                // Before any key work: refusing is cheap, accepting is not.
-                self.sessions.admit(source)?;
-                let (session, server_hello) =
-                    enclave_proto::handshake::accept(&self.handshake, &hello)?;
-                self.sessions.insert(session, source)?;
-                handshake_response::Step::ServerHello(server_hello)
+                let suite = Suite::try_from(hello.suite).ok();
+                let answered = self.client_hello(&hello, source);
+                metrics.handshake(suite, answered.as_ref().map(|_| ()).map_err(Status::code));
+                handshake_response::Step::ServerHello(answered?)
             }
             Some(handshake_request::Step::ClientAuth(auth)) => {
-                let session = self.sessions.get(&auth.session_id)?;
-                let client = session
-                    .protocol()
-                    .verify_client_auth(&self.handshake, &auth)?;
-                self.sessions.authenticated(&session);
-                tracing::info!(%client, "client authenticated");
+                let answered = self.client_auth(&auth);
+                metrics.client_auth(answered.as_ref().map_err(Status::code).copied());
+                answered?;
                 handshake_response::Step::ClientAuthAccepted(ClientAuthAccepted {})
             }
             None => {

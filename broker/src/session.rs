@@ -480,6 +480,11 @@ impl SessionStore {
         table.unused_count + table.pending_count
     }
 
+    /// Sessions waiting for their ClientAuth.
+    pub fn pending(&self) -> usize {
+        self.read().pending_count
+    }
+
     /// The counter of IVs all legacy sessions remember (see [`LegacyKeys`]).
     pub(crate) fn legacy_ivs(&self) -> &Arc<AtomicUsize> {
         &self.legacy_ivs

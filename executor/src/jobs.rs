@@ -28,6 +28,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::host::CallerFault;
 use crate::limits::Limits;
+use crate::metrics::JobMetrics;
 use crate::sandbox::{JobSpec, Sandbox};
 
 /// Events a job may have queued before its consumer takes them; past it the sandbox
@@ -71,6 +72,7 @@ pub struct Jobs {
     draining: AtomicBool,
     /// Cancelled to end every running job (the end of a drain's grace period).
     stop: CancellationToken,
+    metrics: JobMetrics,
 }
 
 impl Jobs {
@@ -84,7 +86,13 @@ impl Jobs {
             slots,
             draining: AtomicBool::new(false),
             stop: CancellationToken::new(),
+            metrics: JobMetrics::default(),
         }
+    }
+
+    /// What these jobs count, to register with a server's metrics.
+    pub fn metrics(&self) -> &JobMetrics {
+        &self.metrics
     }
 
     pub fn sandbox(&self) -> &Arc<Sandbox> {
@@ -103,6 +111,7 @@ impl Jobs {
     /// From now on new jobs are refused as [`Refusal::Draining`]; running ones go on.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.metrics.draining();
     }
 
     pub fn is_draining(&self) -> bool {
@@ -117,6 +126,14 @@ impl Jobs {
     /// Checks `job`, takes a slot and starts it in a task of its own. The job runs
     /// until it ends or the returned [`RunningJob`] is dropped.
     pub fn start(&self, job: Job) -> Result<RunningJob, Refusal> {
+        let started = self.admit(job);
+        if let Err(refusal) = &started {
+            self.metrics.refused(refusal);
+        }
+        started
+    }
+
+    fn admit(&self, job: Job) -> Result<RunningJob, Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining(
                 "the executor is shutting down; retry on another".into(),
@@ -135,6 +152,7 @@ impl Jobs {
         let cancel = self.stop.child_token();
         let sandbox = self.sandbox.clone();
         let stopped = cancel.clone();
+        let running = self.metrics.started();
         let task = tokio::spawn(async move {
             let outcome = tokio::select! {
                 biased;
@@ -144,6 +162,7 @@ impl Jobs {
             };
             // The instance is gone: its slot is free even if nobody reads the outcome.
             drop(permit);
+            running.finished(outcome.as_ref().ok());
             let _ = outcome_tx.send(outcome);
         });
         Ok(RunningJob {

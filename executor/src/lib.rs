@@ -10,10 +10,10 @@
 //! - [`limits`]: security-level presets, overrides, ceilings.
 //! - [`jobs`]: the one job API: admission (checks, limits, a slot) and running (events
 //!   out, tool results in), used by the gRPC service and the broker's embedded mode.
-//! - [`server`]: the `enclave.v1.Executor` gRPC service, health, reflection, draining.
-//! - [`listener`]: the connection loop and policy every listener (broker and executor)
-//!   serves with: connection cap, timeouts, TLS handshake cap, request memory budget.
-//! - [`runtime`]: the server binaries' tokio runtime (`--worker-threads`) and logs (`ENCLAVE_LOG`).
+//! - [`metrics`]: what the job API counts (`enclave_executor_*`).
+//! - [`server`]: the `enclave.v1.Executor` gRPC service and its draining, served with
+//!   what every enclave server shares (`enclave-server`: listener, TLS, health,
+//!   reflection, runtime and logs).
 //!
 //! Executors hold no secrets and make no outbound connections: a script reaches the
 //! world only through tool calls, which travel back to the broker on the job's stream.
@@ -23,8 +23,7 @@ pub mod host;
 pub mod jobs;
 mod json;
 pub mod limits;
-pub mod listener;
-pub mod runtime;
+pub mod metrics;
 pub mod sandbox;
 pub mod server;
 pub mod wasi;

@@ -52,8 +52,11 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "ENCLAVE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), or `off` [default: off].
+    #[arg(long, env = "ENCLAVE_METRICS_LISTEN", default_value = "off")]
+    metrics_listen: enclave_server::metrics::MetricsListen,
     #[command(flatten)]
-    connection: enclave_executor::listener::ConnectionArgs,
+    connection: enclave_server::listener::ConnectionArgs,
     /// Threads that run jobs and gRPC [default: one per core]. 1 suits a process per
     /// core: no wake-ups between sibling threads, lower latency on small machines.
     #[arg(long, env = "ENCLAVE_WORKER_THREADS")]
@@ -62,17 +65,16 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    enclave_executor::runtime::build(args.worker_threads)
+    enclave_server::runtime::build(args.worker_threads)
         .context("starting the tokio runtime")?
         .block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    enclave_executor::runtime::init_logging();
+    enclave_server::runtime::init_logging();
     let started = Instant::now();
-    let tls =
-        enclave_executor::server::tls_config(args.tls_cert.as_deref(), args.tls_key.as_deref())
-            .map_err(anyhow::Error::msg)?;
+    let tls = enclave_server::tls::load(args.tls_cert.as_deref(), args.tls_key.as_deref(), b"h2")
+        .map_err(anyhow::Error::msg)?;
     let mut ceiling = Limits::ceiling();
     ceiling.timeout = Duration::from_millis(args.max_timeout_ms);
     ceiling.memory_bytes = args.max_memory_mib << 20;
@@ -89,8 +91,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let policy = args.connection.policy();
+    let metrics_listener = args
+        .metrics_listen
+        .bind()
+        .await
+        .with_context(|| format!("binding {} (metrics)", args.metrics_listen))?;
     tracing::info!(
         addr = %listener.local_addr()?,
+        metrics_addr = %enclave_server::metrics::MetricsListen(
+            metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?
+        ),
         max_connections = policy.max_connections,
         tls = tls.is_some(),
         startup_ms = started.elapsed().as_millis() as u64,
@@ -106,17 +116,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..ServerConfig::default()
         },
     );
-    enclave_executor::server::serve_with(listener, service, policy, tls, shutdown_signal()).await?;
+    let connections = service.connections(policy);
+    let mut registry = prometheus_client::registry::Registry::default();
+    service.register_metrics(&mut registry);
+    registry.register_collector(Box::new(enclave_server::metrics::ConnectionMetrics(
+        connections.clone(),
+    )));
+    let shutdown = enclave_server::runtime::shutdown_on_signal();
+    let metrics = async {
+        enclave_server::metrics::serve(
+            metrics_listener,
+            Arc::new(registry),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await
+        .context("serving metrics")
+    };
+    let grpc = async {
+        enclave_executor::server::serve_on(
+            listener,
+            service,
+            connections,
+            tls,
+            shutdown.clone().cancelled_owned(),
+        )
+        .await
+        .context("serving gRPC")
+    };
+    tokio::try_join!(grpc, metrics)?;
     tracing::info!("executor stopped");
     Ok(())
-}
-
-/// SIGTERM (docker stop) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

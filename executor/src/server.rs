@@ -19,6 +19,8 @@ use enclave_proto::v1::{
     executor_server::{Executor, ExecutorServer},
     run_request::Msg,
 };
+use enclave_server::grpc;
+use enclave_server::listener::{self, ConnectionPolicy, Connections, HttpVersion};
 use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
@@ -26,11 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::jobs::{Jobs, RunningJob, ToolResults};
-use crate::listener::{self, ConnectionPolicy, Connections, HttpVersion};
 use crate::sandbox::Sandbox;
-
-/// gRPC messages may carry code, results and console text up to this size.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// A broker sends a stream's job at once, so streams wait for it for milliseconds; this
 /// many covers any burst a broker makes, and bounds what idle streams can hold.
@@ -84,6 +82,25 @@ impl ExecutorService {
     /// Jobs running now.
     pub fn running_jobs(&self) -> usize {
         self.jobs.running()
+    }
+
+    /// Registers what the jobs count (`enclave_executor_*`).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.jobs.metrics().register(registry);
+    }
+
+    /// The connections of this service's port under `policy`, changed as a job stream
+    /// needs: a request body lasts as long as its job, so it has no time limit of its
+    /// own; and one connection (a broker sends all its jobs over one) may open a stream
+    /// for every job slot, every waiting stream and a few health checks, so that the
+    /// executor's own limits, with their RESOURCE_EXHAUSTED, are what refuse work.
+    pub fn connections(&self, policy: ConnectionPolicy) -> Arc<Connections> {
+        let streams = self.jobs.max_jobs() + self.config.max_waiting_streams + 16;
+        Connections::new(ConnectionPolicy {
+            request_body_timeout: None,
+            max_streams_per_connection: u32::try_from(streams).unwrap_or(u32::MAX),
+            ..policy
+        })
     }
 
     async fn first_job(&self, inbound: &mut Streaming<RunRequest>) -> Result<Job, Status> {
@@ -284,30 +301,10 @@ pub async fn serve(
     .await
 }
 
-/// [`serve`], over TLS when `tls` is given (`--tls-cert` / `--tls-key`, see
-/// [`tls_config`]).
-pub async fn serve_with_tls(
-    listener: TcpListener,
-    service: ExecutorService,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_with(
-        listener,
-        service,
-        ConnectionPolicy::default(),
-        tls,
-        shutdown,
-    )
-    .await
-}
-
-/// [`serve_with_tls`] under `policy` (the `--max-connections`, timeout and TLS-handshake
-/// flags), served by [`crate::listener`] as the broker's listeners are, with two changes
-/// a job stream needs: a request body lasts as long as its job, so it has no time limit of
-/// its own; and one connection (a broker sends all its jobs over one) may open a stream
-/// for every job slot, every waiting stream and a few health checks, so that the
-/// executor's own limits, with their RESOURCE_EXHAUSTED, are what refuse work.
+/// [`serve`] under `policy` (the `--max-connections`, timeout and TLS-handshake flags) as
+/// a job stream needs it ([`ExecutorService::connections`]), over TLS when `tls` is given
+/// (`--tls-cert` / `--tls-key`, see [`enclave_server::tls`]), served by
+/// [`enclave_server::listener`] as the broker's listeners are.
 pub async fn serve_with(
     listener: TcpListener,
     service: ExecutorService,
@@ -315,33 +312,25 @@ pub async fn serve_with(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let streams = service.jobs.max_jobs() + service.config.max_waiting_streams + 16;
-    let connections = Connections::new(ConnectionPolicy {
-        request_body_timeout: None,
-        max_streams_per_connection: u32::try_from(streams).unwrap_or(u32::MAX),
-        ..policy
-    });
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ExecutorServer<ExecutorService>>()
-        .await;
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(
-            reflection()
-                .build_v1()
-                .expect("embedded descriptors are valid"),
-        )
-        .add_service(
-            reflection()
-                .build_v1alpha()
-                .expect("embedded descriptors are valid"),
-        )
-        .add_service(
-            ExecutorServer::new(service.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .prepare();
+    let connections = service.connections(policy);
+    serve_on(listener, service, connections, tls, shutdown).await
+}
+
+/// [`serve_with`] under connections made by [`ExecutorService::connections`], which the
+/// caller keeps (for their metrics).
+pub async fn serve_on(
+    listener: TcpListener,
+    service: ExecutorService,
+    connections: Arc<Connections>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (health, routes) = grpc::routes(
+        ExecutorServer::new(service.clone())
+            .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+    )
+    .await;
     let drain = async move {
         shutdown.await;
         tracing::info!(
@@ -369,31 +358,4 @@ pub async fn serve_with(
         drain,
     )
     .await
-}
-
-/// The TLS settings for `--tls-cert` / `--tls-key`: both PEM files, or neither (plaintext).
-/// The certificate file may hold the chain after the leaf. Read and checked now, so a
-/// bad file stops start-up instead of the first connection.
-pub fn tls_config(
-    cert: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
-) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
-    match (cert, key) {
-        (None, None) => Ok(None),
-        (Some(cert), Some(key)) => listener::tls_config(cert, key, b"h2").map(Some),
-        (Some(_), None) => Err("--tls-cert needs --tls-key (ENCLAVE_TLS_KEY)".into()),
-        (None, Some(_)) => Err("--tls-key needs --tls-cert (ENCLAVE_TLS_CERT)".into()),
-    }
-}
-
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(enclave_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // The descriptor set holds every enclave service; advertise only the ones this
-        // binary serves.
-        .with_service_name("enclave.v1.Executor")
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }

@@ -28,6 +28,11 @@ pub mod v1 {
 
 pub mod codec;
 
+/// Plaintexts above 16 MiB are refused: bounded records are what make the rekey
+/// limits a bound on bytes per key. Outside the `seal` feature too: servers size their
+/// messages by it.
+pub const MAX_PLAINTEXT_LEN: usize = 16 << 20;
+
 /// Encoded `FileDescriptorSet` of every enclave proto, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/enclave_descriptor.bin"));

@@ -32,9 +32,7 @@ pub const SESSION_ID_LEN: usize = 16;
 pub const TAG_LEN: usize = 16;
 /// How far behind the newest request an out-of-order request may arrive.
 pub const REPLAY_WINDOW: u64 = 1024;
-/// Plaintexts above 16 MiB are refused: bounded records are what make the rekey
-/// limits below a bound on bytes per key.
-pub const MAX_PLAINTEXT_LEN: usize = 16 << 20;
+pub use crate::MAX_PLAINTEXT_LEN;
 /// Length of the associated data of every record.
 pub const AD_LEN: usize = 42;
 

@@ -293,6 +293,7 @@ async fn handshake(
     peer: Peer,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    api.broker.metrics().legacy_request("handshake");
     match handshake_inner(&api, peer.source(), body) {
         Ok(answer) => json_ok(answer.to_string()),
         Err(e) => e.into_response(),
@@ -427,6 +428,7 @@ async fn execute(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    api.broker.metrics().legacy_request("execute");
     let (session, code, _slot) = match open_job(&api, &headers, body) {
         Ok(opened) => opened,
         Err(e) => return e.into_response(),
@@ -455,6 +457,7 @@ async fn execute_stream(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    api.broker.metrics().legacy_request("execute_stream");
     let (session, code, slot) = match open_job(&api, &headers, body) {
         Ok(opened) => opened,
         Err(e) => return e.into_response(),

@@ -11,7 +11,7 @@
 //!
 //! Why axum: tonic 0.14 already builds on axum 0.8 and hyper 1, so the HTTP API adds no
 //! second HTTP stack, and axum gives routing and body limits. Connections are served by
-//! [`enclave_executor::listener`], as gRPC's are, under the same policy.
+//! [`enclave_server::listener`], as gRPC's are, under the same policy.
 
 pub mod legacy;
 mod v1;
@@ -28,9 +28,9 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use enclave_executor::listener::{self, Connections, HttpVersion, PeerAddr};
 use enclave_proto::Fingerprint;
 use enclave_proto::v1::Suite;
+use enclave_server::listener::{self, Connections, HttpVersion, PeerAddr};
 use tokio::net::TcpListener;
 
 use crate::service::BrokerService;

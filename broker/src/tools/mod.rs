@@ -23,8 +23,10 @@ pub mod echo;
 pub mod http;
 pub mod secrets;
 
-/// A tool result must fit in one gRPC message to the executor, with room for framing.
-pub const MAX_RESULT_BYTES: usize = enclave_executor::server::MAX_MESSAGE_BYTES - (64 << 10);
+/// A tool result goes to the client in a sealed `tool_result` event and to the executor
+/// in one gRPC message: it must fit the protocol's largest plaintext, with room for the
+/// event's framing.
+pub const MAX_RESULT_BYTES: usize = enclave_proto::MAX_PLAINTEXT_LEN - (64 << 10);
 
 pub type ToolFuture<'a> =
     Pin<Box<dyn Future<Output = Result<serde_json::Value, ToolError>> + Send + 'a>>;
@@ -149,6 +151,14 @@ impl Tools {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tools.keys().map(String::as_str)
+    }
+
+    /// `name` as a metric label: a configured tool's name, else `unknown`, so that the
+    /// names scripts make up cannot grow the label set.
+    pub fn metric_label<'a>(&'a self, name: &str) -> &'a str {
+        self.tools
+            .get_key_value(name)
+            .map_or("unknown", |(name, _)| name.as_str())
     }
 
     /// A fresh per-job secrets context: handles issued in it resolve in it only.

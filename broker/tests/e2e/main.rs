@@ -9,5 +9,6 @@ mod connections;
 mod executors;
 mod floods;
 mod memory;
+mod metrics;
 mod secrets;
 mod sessions;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use enclave_proto::v1::{CloseSessionResponse, RecordKind, Suite};
+use enclave_proto::v1::{CloseSessionResponse, ErrorCode, RecordKind, Suite, execute_result};
 use prost::Message;
 use serde_json::json;
 use tonic::Code;
@@ -123,7 +123,20 @@ async fn a_thousand_concurrent_sessions() {
                 Suite::P256Ed25519Aes256gcmSha256
             };
             let mut raw = Raw::connect_on(rpc, &broker, suite, None).await.unwrap();
-            value(&raw.execute(&format!("return {i}")).await.unwrap())
+            // A burst past the embedded executor's job slots is told UNAVAILABLE, "safe
+            // to retry later" (job.proto); a client does, on the same session.
+            for _ in 0..500 {
+                let result = raw.execute(&format!("return {i}")).await.unwrap();
+                match &result.outcome {
+                    Some(execute_result::Outcome::Error(e))
+                        if e.code() == ErrorCode::Unavailable =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
+                    _ => return value(&result),
+                }
+            }
+            panic!("session {i} never got a job slot")
         }));
     }
     for (i, t) in tasks.into_iter().enumerate() {

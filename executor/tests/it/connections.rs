@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use enclave_executor::SandboxConfig;
-use enclave_executor::listener::ConnectionPolicy;
 use enclave_executor::server::ServerConfig;
 use enclave_proto::v1::{RunRequest, run_event::Event, run_request::Msg};
+use enclave_server::listener::ConnectionPolicy;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;

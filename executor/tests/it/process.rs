@@ -18,6 +18,8 @@ use crate::support::*;
 pub struct Executor {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Its "executor serving" log line.
+    pub line: String,
 }
 
 impl Drop for Executor {
@@ -47,12 +49,12 @@ impl Executor {
                         .nth(1)
                         .and_then(|s| s.split_whitespace().next())
                         .map(str::to_owned);
-                    let _ = tx.send(addr);
+                    let _ = tx.send(addr.map(|addr| (addr, line.clone())));
                     sent = true;
                 }
             }
         });
-        let addr = rx
+        let (addr, line) = rx
             .recv_timeout(Duration::from_secs(60))
             .ok()
             .flatten()
@@ -60,6 +62,7 @@ impl Executor {
         Executor {
             child,
             addr: addr.parse().unwrap(),
+            line,
         }
     }
 
@@ -87,8 +90,8 @@ impl Executor {
 }
 
 #[tokio::test]
-async fn health_and_a_job_on_the_real_binary() {
-    let exec = Executor::start(&[]);
+async fn health_metrics_and_a_job_on_the_real_binary() {
+    let exec = Executor::start(&["--metrics-listen", "127.0.0.1:0"]);
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", exec.addr))
         .unwrap()
         .connect()
@@ -113,6 +116,40 @@ async fn health_and_a_job_on_the_real_binary() {
     .await
     .unwrap();
     assert_eq!(t.result(), json!(42));
+
+    let metrics_addr = exec
+        .line
+        .split("metrics_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the serving line gives the metrics address");
+    let text = scrape(metrics_addr).await;
+    for sample in [
+        "enclave_executor_jobs_admitted_total 1",
+        "enclave_executor_jobs_finished_total{outcome=\"OK\"} 1",
+        "enclave_executor_jobs_running 0",
+        "enclave_executor_draining 0",
+        "enclave_executor_job_duration_seconds_count 1",
+        // The health check's connection and the job's; scrapes have connections of their own.
+        "enclave_connections_accepted_total 2",
+    ] {
+        assert!(text.lines().any(|l| l == sample), "{sample} in\n{text}");
+    }
+}
+
+/// `GET /metrics`, the body.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: executor\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use enclave_executor::listener::ConnectionPolicy;
 use enclave_executor::server::{ExecutorService, ServerConfig};
 use enclave_executor::{Sandbox, SandboxConfig};
 use enclave_proto::v1::{
@@ -12,6 +11,7 @@ use enclave_proto::v1::{
     SecurityLevel, ToolCall, ToolResult, executor_client::ExecutorClient, final_event,
     run_event::Event, run_request::Msg,
 };
+use enclave_server::listener::ConnectionPolicy;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;

@@ -975,44 +975,6 @@ fn soft_fd_limit(limits: &str) -> Option<u64> {
         .ok()
 }
 
-/// The rustls server config of a listener from `--tls-cert` / `--tls-key`: PEM files, the
-/// chain after the leaf; `alpn` the one protocol the listener speaks (`h2` for gRPC,
-/// `http/1.1` for HTTP). Every failure names the file and what is wrong with it.
-pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    alpn: &[u8],
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("reading the TLS certificate {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "the TLS certificate {} holds no certificate",
-            cert.display()
-        ));
-    }
-    let private_key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("reading the TLS key {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, private_key)
-        .map_err(|e| {
-            format!(
-                "the TLS certificate {} or key {}: {e}",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(config))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
-//! What the server binaries set up before serving: their tokio runtime, with a worker
-//! count operators choose, and their logs.
+//! What the server binaries set up around serving: their tokio runtime, with a worker
+//! count operators choose, their logs, and the signal that stops them.
 //!
 //! A multi-thread runtime wakes an idle sibling worker whenever one worker finds work
 //! (so that the sibling can steal), and on a small machine that wake-up costs more than
@@ -40,6 +40,29 @@ pub fn init_logging() {
         .init();
     if let Some(error) = invalid {
         tracing::warn!(%error, "ENCLAVE_LOG is not a valid filter; logging at info");
+    }
+}
+
+/// A token cancelled on SIGTERM (`docker stop`, systemd) or Ctrl-C: every server of the
+/// process drains on it, letting its open requests finish.
+pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            shutdown_signal().await;
+            token.cancel();
+        }
+    });
+    token
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -1,0 +1,194 @@
+//! `--metrics-listen`: after a known mix of handshakes, jobs, tool calls and refused
+//! records, `/metrics` shows exactly those counts, in an exposition `promtool` accepts.
+
+use std::collections::BTreeMap;
+
+use enclave_proto::v1::{Limits, RecordKind, Suite};
+use serde_json::json;
+use tonic::Code;
+
+use crate::support::*;
+
+/// Samples by `name{labels}` as the exposition writes them.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// `promtool check metrics` from Debian's `prometheus` package (`$PROMTOOL`, else on
+/// the PATH; ./scripts/test provides it).
+fn promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {promtool} (Debian's prometheus package; ./scripts/test fetches it): {e}"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_happened() {
+    let broker = Broker::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let line = broker.serving_line();
+    let addr = line
+        .split("metrics_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the serving line gives the metrics address")
+        .to_owned();
+
+    let mut x25519 = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    let mut p256 = Raw::connect(&broker, Suite::P256Ed25519Aes256gcmSha256).await;
+    // Two jobs that end OK, one with a tool call that works and one that fails.
+    assert_eq!(
+        value(
+            &x25519
+                .execute("return await callTool('echo', 1)")
+                .await
+                .unwrap()
+        ),
+        json!(1)
+    );
+    assert_eq!(
+        value(
+            &p256
+                .execute("try { await callTool('no such tool', {}) } catch (e) { return 'caught' }")
+                .await
+                .unwrap()
+        ),
+        json!("caught")
+    );
+    // One TIMEOUT.
+    let slow = enclave_proto::v1::Job {
+        limits: Some(Limits {
+            timeout_ms: Some(100),
+            ..Default::default()
+        }),
+        ..job("while (true) {}")
+    };
+    let record = x25519.seal(RecordKind::ExecuteRequest, slow);
+    let result = x25519.send(record).await.unwrap();
+    assert!(format!("{result:?}").contains("Timeout"), "{result:?}");
+    // One tampered record and one replay: neither runs.
+    let mut tampered = x25519.seal(RecordKind::ExecuteRequest, job("return 1"));
+    tampered.ciphertext[0] ^= 1;
+    assert_eq!(
+        x25519.send(tampered).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let record = p256.seal(RecordKind::ExecuteRequest, job("return 'once'"));
+    let copy = record.clone();
+    assert_eq!(value(&p256.send(record).await.unwrap()), json!("once"));
+    assert_eq!(
+        p256.rpc.execute(copy).await.unwrap_err().code(),
+        Code::Aborted
+    );
+
+    let text = scrape(&addr).await;
+    let got = samples(&text);
+    let expected = [
+        (
+            r#"enclave_broker_handshakes_total{suite="x25519",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"enclave_broker_handshakes_total{suite="p256",outcome="ok"}"#,
+            1.0,
+        ),
+        ("enclave_broker_jobs_started_total", 4.0),
+        (r#"enclave_broker_jobs_finished_total{outcome="OK"}"#, 3.0),
+        (
+            r#"enclave_broker_jobs_finished_total{outcome="TIMEOUT"}"#,
+            1.0,
+        ),
+        (
+            r#"enclave_broker_tool_calls_total{tool="echo",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"enclave_broker_tool_calls_total{tool="unknown",outcome="unknown_tool"}"#,
+            1.0,
+        ),
+        (
+            r#"enclave_broker_records_refused_total{reason="tampered"}"#,
+            1.0,
+        ),
+        (
+            r#"enclave_broker_records_refused_total{reason="replay"}"#,
+            1.0,
+        ),
+        (r#"enclave_broker_sessions{stage="active"}"#, 2.0),
+        (r#"enclave_broker_sessions{stage="unused"}"#, 0.0),
+        ("enclave_broker_job_duration_seconds_count", 4.0),
+        // The embedded executor's own view of the same jobs.
+        ("enclave_executor_jobs_admitted_total", 4.0),
+        (r#"enclave_executor_jobs_finished_total{outcome="OK"}"#, 3.0),
+        (
+            r#"enclave_executor_jobs_finished_total{outcome="TIMEOUT"}"#,
+            1.0,
+        ),
+        ("enclave_executor_jobs_running", 0.0),
+    ];
+    for (key, value) in expected {
+        assert_eq!(got.get(key), Some(&value), "{key} in\n{text}");
+    }
+    // Nothing else was refused or failed.
+    for (key, value) in &got {
+        if key.starts_with("enclave_broker_records_refused_total")
+            || key.starts_with("enclave_broker_jobs_finished_total")
+        {
+            assert!(
+                expected.iter().any(|(k, _)| k == key) || *value == 0.0,
+                "{key} {value}"
+            );
+        }
+    }
+    assert!(got["enclave_connections_accepted_total"] >= 1.0, "{text}");
+    // No label carries a session id, script text or argument.
+    assert!(!text.contains("while (true)") && !text.contains("no such tool"));
+    promtool_accepts(&text);
+}

@@ -1,0 +1,11 @@
+//! What every enclave server process shares, so that the broker and the executor serve
+//! the same way: their runtime and logs ([`runtime`]), the signal that stops them, one
+//! connection policy for every listener ([`listener`]), TLS from PEM files ([`tls`]),
+//! gRPC with health, reflection and one message-size budget ([`grpc`]), and the
+//! Prometheus endpoint ([`metrics`]).
+
+pub mod grpc;
+pub mod listener;
+pub mod metrics;
+pub mod runtime;
+pub mod tls;
