@@ -31,6 +31,11 @@ fn main() {
             guest_dir.join(source).display()
         );
     }
+    // The ABI crate the guest shares with this one.
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../abi").display()
+    );
     println!("cargo:rerun-if-env-changed=ENCLAVE_GUEST_CC");
     println!("cargo:rerun-if-env-changed=ENCLAVE_WASI_LIBC");
 

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Instant;
 
+use enclave_abi::{MODULE, Outcome, ToolAnswer, import};
 use enclave_proto::v1::{
     ConsoleEvent, ConsoleLevel, ErrorCode, JobError, ToolCall, ToolResult, final_event,
     run_event::Event, tool_result::Outcome as ToolOutcome,
@@ -17,8 +18,6 @@ use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 
 use crate::json::{MAX_DEPTH, make_well_formed};
 use crate::limits::Limits;
-
-const MODULE: &str = "enclave";
 
 /// The longest tool name a script may call, in bytes: names are identifiers
 /// (`http:fetch`, `db:query`), and every byte of one travels in an event.
@@ -84,8 +83,9 @@ pub struct CallerFault(pub String);
 #[derive(Debug)]
 pub enum GuestOutcome {
     Result(String),
-    /// Guest outcome kind (see guest/src/lib.rs) and the error's JSON description.
-    Error(i32, String),
+    /// How the script failed, and the error's JSON description (or the engine's
+    /// message, for [`Outcome::Internal`]).
+    Error(Outcome, String),
 }
 
 /// Caps the sandbox's linear memory: growth past the cap traps with MEMORY_LIMIT, and the
@@ -210,7 +210,7 @@ fn console_level(level: i32) -> ConsoleLevel {
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     linker.func_wrap_async(
         MODULE,
-        "console",
+        import::CONSOLE,
         |caller: Caller<'_, JobState>, (level, ptr, len): (i32, i32, i32)| {
             Box::new(async move {
                 console(caller, level, ptr, len)
@@ -221,7 +221,7 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap_async(
         MODULE,
-        "tool_start",
+        import::TOOL_START,
         |caller: Caller<'_, JobState>,
          (name_ptr, name_len, args_ptr, args_len): (i32, i32, i32, i32)| {
             Box::new(async move {
@@ -233,12 +233,12 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap_async(
         MODULE,
-        "tool_wait",
+        import::TOOL_WAIT,
         |caller: Caller<'_, JobState>, (): ()| Box::new(async move { tool_wait(caller).await }),
     )?;
     linker.func_wrap(
         MODULE,
-        "tool_take",
+        import::TOOL_TAKE,
         |mut caller: Caller<'_, JobState>, ptr: i32| -> wasmtime::Result<()> {
             let payload = std::mem::take(&mut caller.data_mut().taken);
             let memory = caller
@@ -253,7 +253,7 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         MODULE,
-        "job_take",
+        import::JOB_TAKE,
         |mut caller: Caller<'_, JobState>, code_ptr: i32, input_ptr: i32| -> wasmtime::Result<()> {
             let memory = caller
                 .data()
@@ -271,15 +271,16 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         MODULE,
-        "out_of_memory",
+        import::OUT_OF_MEMORY,
         |caller: Caller<'_, JobState>| -> wasmtime::Result<()> {
             Err(Breach::memory_limit(caller.data().memory_cap.limit_bytes).into())
         },
     )?;
     linker.func_wrap(
         MODULE,
-        "finish",
+        import::FINISH,
         |mut caller: Caller<'_, JobState>, kind: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
+            let outcome = Outcome::from_kind(kind);
             let limit = caller.data().limits.max_result_bytes;
             let too_large = |bytes: usize| {
                 Breach::new(
@@ -289,15 +290,15 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
             };
             // Before copying it out, and again once it is valid UTF-8 (which can only
             // grow it, and only when the guest is not the engine we built).
-            if kind == 0 && len as u32 as u64 > limit {
+            if outcome == Outcome::Ok && len as u32 as u64 > limit {
                 return Err(too_large(len as u32 as usize).into());
             }
             let bytes = guest_bytes(&caller, ptr, len)?;
             let (text, depth) = make_well_formed(String::from_utf8_lossy(&bytes).into_owned());
-            if kind == 0 && text.len() as u64 > limit {
+            if outcome == Outcome::Ok && text.len() as u64 > limit {
                 return Err(too_large(text.len()).into());
             }
-            caller.data_mut().outcome = Some(if kind == 0 {
+            caller.data_mut().outcome = Some(if outcome == Outcome::Ok {
                 if depth > MAX_DEPTH {
                     return Err(Breach::new(
                         ErrorCode::ResultTooLarge,
@@ -309,7 +310,7 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
                 }
                 GuestOutcome::Result(text)
             } else {
-                GuestOutcome::Error(kind, text)
+                GuestOutcome::Error(outcome, text)
             });
             Ok(())
         },
@@ -433,10 +434,17 @@ async fn tool_wait(mut caller: Caller<'_, JobState>) -> wasmtime::Result<u64> {
         Some(ToolOutcome::Error(message)) => (true, message.into_bytes()),
         None => (true, b"the tool returned nothing".to_vec()),
     };
-    if payload.len() > 0x7fff_ffff {
-        return Err(Breach::internal("tool result too large").into());
-    }
-    let packed = (u64::from(call_id) << 32) | (u64::from(is_error) << 31) | payload.len() as u64;
+    let packed = u32::try_from(payload.len())
+        .ok()
+        .and_then(|len| {
+            ToolAnswer {
+                call_id,
+                is_error,
+                len,
+            }
+            .pack()
+        })
+        .ok_or_else(|| Breach::internal("tool result too large"))?;
     state.taken = payload;
     Ok(packed)
 }
@@ -472,11 +480,11 @@ impl JobState {
     pub fn reported_outcome(&self) -> final_event::Outcome {
         match self.outcome.as_ref() {
             Some(GuestOutcome::Result(json)) => final_event::Outcome::ResultJson(json.clone()),
-            Some(GuestOutcome::Error(kind, json)) => {
-                let code = match kind {
-                    1 => ErrorCode::ScriptError,
-                    2 => ErrorCode::SyntaxError,
-                    _ => ErrorCode::Internal,
+            Some(GuestOutcome::Error(outcome, json)) => {
+                let code = match outcome {
+                    Outcome::ScriptError => ErrorCode::ScriptError,
+                    Outcome::SyntaxError => ErrorCode::SyntaxError,
+                    Outcome::Ok | Outcome::Internal => ErrorCode::Internal,
                 };
                 final_event::Outcome::Error(self.script_error(code, json))
             }

@@ -129,8 +129,8 @@ impl Pool {
                 .ok_or_else(|| Breach::internal(format!("the guest does not export `{name}`")))
         };
         let exports = Exports {
-            memory: export("memory")?,
-            run: export("run")?,
+            memory: export(enclave_abi::MEMORY)?,
+            run: export(enclave_abi::RUN)?,
         };
         let pre = linker.instantiate_pre(module)?;
         let ticker = EpochTicker::spawn(&engine);
@@ -172,7 +172,18 @@ impl Sandbox {
             .await
             .map_err(snapshot_error)?;
         let module = Module::new(&cold_engine, &snapshot).map_err(snapshot_error)?;
-        let memory_baseline = match module.get_export("memory") {
+        // The guest names its imports in literals (`#[link_name]`): one the ABI does not
+        // define is a guest out of step with this host.
+        if let Some(unknown) = module.imports().find(|i| {
+            i.module() == enclave_abi::MODULE && !enclave_abi::IMPORTS.contains(&i.name())
+        }) {
+            return Err(SandboxError::Snapshot(format!(
+                "the guest imports `{}.{}`, which the host ABI (enclave-abi) does not define",
+                enclave_abi::MODULE,
+                unknown.name()
+            )));
+        }
+        let memory_baseline = match module.get_export(enclave_abi::MEMORY) {
             Some(wasmtime::ExternType::Memory(m)) => (m.minimum() as usize) * (1 << 16),
             _ => return Err(SandboxError::Snapshot("the guest exports no memory".into())),
         };

@@ -1,6 +1,15 @@
-//! Imports from the host (module `enclave`). Pointers and lengths are offsets into this
-//! instance's linear memory. Any of them may trap when a limit is crossed; the host then
-//! discards the instance.
+//! Imports from the host (module `enclave`, names as `enclave_abi::import` gives them:
+//! `#[link_name]` takes literals only, and the host refuses a guest whose imports the
+//! ABI does not define). Pointers and lengths are offsets into this instance's linear
+//! memory. Any of them may trap when a limit is crossed; the host then discards the
+//! instance.
+//!
+//! Every call below is sound for the same reason: each pointer comes from a live slice
+//! or vector with its own length beside it, the host reads or writes only within
+//! `[ptr, ptr + len)` of this instance's memory (and traps the instance rather than
+//! go outside it), and no Rust reference to that memory is held across the call.
+
+use enclave_abi::ToolAnswer;
 
 #[link(wasm_import_module = "enclave")]
 unsafe extern "C" {
@@ -13,7 +22,7 @@ unsafe extern "C" {
         args_ptr: *const u8,
         args_len: usize,
     ) -> u32;
-    /// Blocks until a tool result is ready; returns `call_id << 32 | is_error << 31 | len`.
+    /// Blocks until a tool result is ready; returns a packed [`ToolAnswer`].
     #[link_name = "tool_wait"]
     fn host_tool_wait() -> u64;
     /// Copies the result announced by the last `tool_wait` to `ptr`.
@@ -30,10 +39,12 @@ unsafe extern "C" {
 }
 
 pub fn console(level: i32, text: &[u8]) {
+    // SAFETY: see the module comment; the host reads `text` only.
     unsafe { host_console(level, text.as_ptr(), text.len()) }
 }
 
 pub fn tool_start(name: &[u8], args_json: &[u8]) -> u32 {
+    // SAFETY: see the module comment; the host reads both slices only.
     unsafe {
         host_tool_start(
             name.as_ptr(),
@@ -46,25 +57,28 @@ pub fn tool_start(name: &[u8], args_json: &[u8]) -> u32 {
 
 /// Returns `(call_id, is_error, payload)`.
 pub fn wait_tool_result() -> (u32, bool, Vec<u8>) {
-    let packed = unsafe { host_tool_wait() };
-    let call_id = (packed >> 32) as u32;
-    let is_error = packed & (1 << 31) != 0;
-    let len = (packed & 0x7fff_ffff) as usize;
-    let mut buf = vec![0u8; len];
+    // SAFETY: takes no pointer.
+    let answer = ToolAnswer::unpack(unsafe { host_tool_wait() });
+    let mut buf = vec![0u8; answer.len as usize];
+    // SAFETY: see the module comment; the host writes the `answer.len` bytes it just
+    // announced, which is `buf`'s length.
     unsafe { host_tool_take(buf.as_mut_ptr()) };
-    (call_id, is_error, buf)
+    (answer.call_id, answer.is_error, buf)
 }
 
 /// The job's code and input, `code_len` and `input_len` bytes long.
 pub fn job_take(code_len: usize, input_len: usize) -> (Vec<u8>, Vec<u8>) {
     let mut code = vec![0u8; code_len];
     let mut input = vec![0u8; input_len];
+    // SAFETY: see the module comment; the host writes exactly the code and input whose
+    // lengths it passed to `run`, which are these buffers' lengths.
     unsafe { host_job_take(code.as_mut_ptr(), input.as_mut_ptr()) };
     (code, input)
 }
 
-pub fn finish(kind: i32, payload: &[u8]) {
-    unsafe { host_finish(kind, payload.as_ptr(), payload.len()) }
+pub fn finish(outcome: enclave_abi::Outcome, payload: &[u8]) {
+    // SAFETY: see the module comment; the host reads `payload` only.
+    unsafe { host_finish(outcome as i32, payload.as_ptr(), payload.len()) }
 }
 
 /// An allocation failed: the host ends the job (it traps the instance).

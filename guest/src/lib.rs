@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 
+use enclave_abi::Outcome;
 use rquickjs::context::EvalOptions;
 use rquickjs::function::{Func, This};
 use rquickjs::promise::PromiseState;
@@ -19,15 +20,6 @@ use rquickjs::{Context, Ctx, Function, Object, Persistent, Promise, Runtime, Val
 mod abi;
 mod alloc;
 mod rng;
-
-/// Outcome kinds passed to `abi::finish`; the host maps them to error codes.
-#[repr(i32)]
-#[derive(Clone, Copy)]
-enum Outcome {
-    Ok = 0,
-    ScriptError = 1,
-    SyntaxError = 2,
-}
 
 /// Filename scripts see in stack traces; the host looks for it to find line numbers.
 const SCRIPT_NAME: &std::ffi::CStr = c"script.js";
@@ -299,11 +291,11 @@ fn report_exception<'js>(ctx: &Ctx<'js>, internals: &Object<'js>, kind: Outcome)
 }
 
 fn fail_internal(message: &str) {
-    abi::finish(-1, message.as_bytes());
+    abi::finish(Outcome::Internal, message.as_bytes());
 }
 
 fn finish_json(kind: Outcome, json: &str) {
-    abi::finish(kind as i32, json.as_bytes());
+    abi::finish(kind, json.as_bytes());
 }
 
 fn host_console(level: i32, text: String) {
