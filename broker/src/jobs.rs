@@ -295,7 +295,9 @@ impl Broker {
                     Some(final_event::Outcome::Error(e)) => e.code().as_str_name(),
                     _ => "OK",
                 };
-                tracing::info!(executor = %started.executor, outcome = code, elapsed_ms, "job finished");
+                let tool_calls = final_event.stats.as_ref().map_or(0, |s| s.tool_calls);
+                // Never the code, arguments, results or secrets: how it went, not what it did.
+                tracing::info!(executor = %started.executor, outcome = code, elapsed_ms, tool_calls, "job finished");
             }
             Err(failure) if failure.kind == FailureKind::Cancelled => {
                 tracing::info!(executor = %started.executor, elapsed_ms, "job cancelled: the caller went away");

@@ -116,6 +116,9 @@ struct ServeArgs {
     /// Keep it on a private network: it tells the job rate and outcomes.
     #[arg(long, env = "ENCLAVE_METRICS_LISTEN", default_value = "off")]
     metrics_listen: enclave_server::metrics::MetricsListen,
+    /// Log lines as text, or as one JSON object each (for log shippers).
+    #[arg(long, env = "ENCLAVE_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: enclave_server::runtime::LogFormat,
     #[command(flatten)]
     connection: enclave_server::listener::ConnectionArgs,
     /// Seconds for a whole request body to arrive.
@@ -151,7 +154,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    enclave_server::runtime::init_logging();
+    enclave_server::runtime::init_logging(cli.serve.log_format);
     match cli.command {
         Some(Command::Keygen { path }) => {
             let key = enclave_proto::keys::keygen(&path)

@@ -55,6 +55,9 @@ struct Args {
     /// Address to serve Prometheus metrics on (`GET /metrics`), or `off` [default: off].
     #[arg(long, env = "ENCLAVE_METRICS_LISTEN", default_value = "off")]
     metrics_listen: enclave_server::metrics::MetricsListen,
+    /// Log lines as text, or as one JSON object each (for log shippers).
+    #[arg(long, env = "ENCLAVE_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: enclave_server::runtime::LogFormat,
     #[command(flatten)]
     connection: enclave_server::listener::ConnectionArgs,
     /// Threads that run jobs and gRPC [default: one per core]. 1 suits a process per
@@ -71,7 +74,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    enclave_server::runtime::init_logging();
+    enclave_server::runtime::init_logging(args.log_format);
     let started = Instant::now();
     let tls = enclave_server::tls::load(args.tls_cert.as_deref(), args.tls_key.as_deref(), b"h2")
         .map_err(anyhow::Error::msg)?;

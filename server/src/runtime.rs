@@ -26,18 +26,31 @@ pub fn build(worker_threads: Option<NonZeroUsize>) -> std::io::Result<Runtime> {
     }
 }
 
-/// Logs to stderr, filtered by `ENCLAVE_LOG` (tracing's `EnvFilter` syntax; `info`
-/// when unset, and with a warning when invalid).
-pub fn init_logging() {
+/// `--log-format`: how log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`), for log
+    /// shippers.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by `ENCLAVE_LOG` (tracing's `EnvFilter`
+/// syntax; `info` when unset, and with a warning when invalid).
+pub fn init_logging(format: LogFormat) {
     let wanted = std::env::var("ENCLAVE_LOG").ok();
     let (filter, invalid) = log_filter(wanted.as_deref());
     // Colours only for a person at a terminal: not in files, journald or `docker logs`.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(colour).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     if let Some(error) = invalid {
         tracing::warn!(%error, "ENCLAVE_LOG is not a valid filter; logging at info");
     }

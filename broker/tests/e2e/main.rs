@@ -8,6 +8,7 @@ mod auth;
 mod connections;
 mod executors;
 mod floods;
+mod logs;
 mod memory;
 mod metrics;
 mod secrets;

@@ -102,11 +102,15 @@ impl Broker {
                         log.push('\n');
                     }
                     if line.contains("broker serving") {
-                        let field = |name: &str| {
-                            line.split(&format!("{name}="))
+                        // Text (`name=value`) or `--log-format json`.
+                        let json = serde_json::from_str::<serde_json::Value>(&line).ok();
+                        let field = |name: &str| match &json {
+                            Some(json) => json["fields"][name].as_str().map(str::to_owned),
+                            None => line
+                                .split(&format!("{name}="))
                                 .nth(1)
                                 .and_then(|s| s.split_whitespace().next())
-                                .map(str::to_owned)
+                                .map(str::to_owned),
                         };
                         let _ = tx.send((field("addr"), field("fingerprint")));
                     }
