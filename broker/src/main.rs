@@ -32,6 +32,11 @@ enum Command {
     /// Generates a broker identity key (PEM, mode 0600; the public key goes to PATH.pub)
     /// and prints its fingerprint, which clients pin.
     Keygen { path: PathBuf },
+    /// Asks the broker serving on --listen and --http-listen (on loopback when that is
+    /// every address) whether it serves: gRPC health, and `GET /v1/info` unless the HTTP
+    /// API is off. Exit status 0 if both answer. For container health checks: the image
+    /// needs no shell or client tool. Plaintext only.
+    Healthcheck,
 }
 
 #[derive(clap::Args, Debug)]
@@ -162,8 +167,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.fingerprint());
             Ok(())
         }
+        Some(Command::Healthcheck) => healthcheck(&cli.serve).await.map_err(anyhow::Error::msg),
         None => serve(cli.serve).await,
     }
+}
+
+async fn healthcheck(args: &ServeArgs) -> Result<(), String> {
+    use enclave_server::healthcheck::{grpc, http, local};
+    grpc(local(args.listen), "enclave.v1.Broker").await?;
+    let http_addr = match args.http_listen {
+        Some(enclave_broker::http::HttpListen(None)) => return Ok(()),
+        Some(enclave_broker::http::HttpListen(Some(addr))) => addr,
+        None => enclave_broker::http::DEFAULT_HTTP_LISTEN
+            .parse()
+            .map_err(|e| format!("{e}"))?,
+    };
+    http(local(http_addr), "/v1/info").await
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -18,6 +18,22 @@ use enclave_executor::{Limits, Sandbox, SandboxConfig};
     version,
     about = "Runs untrusted JavaScript jobs in fresh wasmtime instances"
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Asks the executor serving on --listen (on loopback when that is every address)
+    /// whether it serves, by gRPC health: exit status 0 if it does. For container
+    /// health checks: the image needs no shell or client tool. Plaintext only.
+    Healthcheck,
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Address to serve gRPC on.
     #[arg(long, env = "ENCLAVE_LISTEN", default_value = "127.0.0.1:7701")]
@@ -67,7 +83,18 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Healthcheck) = cli.command {
+        let addr = enclave_server::healthcheck::local(cli.serve.listen);
+        return enclave_server::runtime::build(NonZeroUsize::new(1))
+            .context("starting the tokio runtime")?
+            .block_on(enclave_server::healthcheck::grpc(
+                addr,
+                "enclave.v1.Executor",
+            ))
+            .map_err(anyhow::Error::msg);
+    }
+    let args = cli.serve;
     enclave_server::runtime::build(args.worker_threads)
         .context("starting the tokio runtime")?
         .block_on(run(args))

@@ -2,9 +2,11 @@
 //! the same way: their runtime and logs ([`runtime`]), the signal that stops them, one
 //! connection policy for every listener ([`listener`]), TLS from PEM files ([`tls`]),
 //! gRPC with health, reflection and one message-size budget ([`grpc`]), and the
-//! Prometheus endpoint ([`metrics`]).
+//! Prometheus endpoint ([`metrics`]), and the `healthcheck` subcommand's checks
+//! ([`healthcheck`]).
 
 pub mod grpc;
+pub mod healthcheck;
 pub mod listener;
 pub mod metrics;
 pub mod runtime;

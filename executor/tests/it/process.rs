@@ -123,6 +123,27 @@ async fn health_metrics_and_a_job_on_the_real_binary() {
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .expect("the serving line gives the metrics address");
+    // `healthcheck` asks it, as a container runtime would; nothing serving fails it.
+    let check = |listen: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_enclave-executor"))
+            .args(["--listen", &listen, "healthcheck"])
+            .output()
+            .unwrap()
+    };
+    let ok = check(exec.addr.to_string());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = check(free.to_string());
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains(&free.to_string()));
+
     let text = scrape(metrics_addr).await;
     for sample in [
         "enclave_executor_jobs_admitted_total 1",
@@ -130,8 +151,8 @@ async fn health_metrics_and_a_job_on_the_real_binary() {
         "enclave_executor_jobs_running 0",
         "enclave_executor_draining 0",
         "enclave_executor_job_duration_seconds_count 1",
-        // The health check's connection and the job's; scrapes have connections of their own.
-        "enclave_connections_accepted_total 2",
+        // The health checks' connections and the job's; scrapes have connections of their own.
+        "enclave_connections_accepted_total 3",
     ] {
         assert!(text.lines().any(|l| l == sample), "{sample} in\n{text}");
     }

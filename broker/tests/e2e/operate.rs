@@ -1,10 +1,12 @@
-//! `--metrics-listen`: after a known mix of handshakes, jobs, tool calls and refused
-//! records, `/metrics` shows exactly those counts, in an exposition `promtool` accepts.
+//! What an operator uses: `--metrics-listen` (after a known mix of handshakes, jobs, tool
+//! calls and refused records, `/metrics` shows exactly those counts, in an exposition
+//! `promtool` accepts), `--log-format json` (every line one JSON object; a job's line
+//! says how it went, never what it did), and the `healthcheck` subcommand.
 
 use std::collections::BTreeMap;
 
 use enclave_proto::v1::{Limits, RecordKind, Suite};
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::support::*;
@@ -191,4 +193,97 @@ async fn metrics_count_exactly_what_happened() {
     // No label carries a session id, script text or argument.
     assert!(!text.contains("while (true)") && !text.contains("no such tool"));
     promtool_accepts(&text);
+}
+
+const SECRET: &str = "v4lue-of-the-secret-91c3";
+const MARKER: &str = "script-text-marker-5e07";
+
+#[tokio::test]
+async fn json_logs_parse_and_tell_how_a_job_went_not_what_it_did() {
+    let config = temp_path("broker.toml");
+    std::fs::write(
+        &config,
+        "[tools.\"secrets:get\"]\nenv = [\"API_KEY\"]\n\n[tools.\"secrets:get\".secrets.api_key]\nhosts = [\"api.example.com\"]\ninject = { header = \"Authorization\" }\n\n[tools.\"http:fetch\"]\nallow_hosts = [\"api.example.com\"]\n",
+    )
+    .unwrap();
+    let broker = Broker::start_with_env(
+        &["--config", config.to_str().unwrap(), "--log-format", "json"],
+        &[("API_KEY", SECRET)],
+    );
+    let mut raw = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    let code = format!(
+        "const key = await callTool('secrets:get', {{key: 'api_key'}});
+         await callTool('echo', {{key, note: '{MARKER}'}});
+         console.log('{MARKER}', key);
+         return '{MARKER}';"
+    );
+    assert_eq!(value(&raw.execute(&code).await.unwrap()), json!(MARKER));
+
+    // The line is written before the answer is sent, but read from the pipe by a thread.
+    let mut finished = None;
+    for _ in 0..100 {
+        finished = broker
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["fields"]["message"] == "job finished");
+        if finished.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let finished = finished.expect("a `job finished` line");
+    assert_eq!(finished["level"], "INFO", "{finished}");
+    assert_eq!(finished["fields"]["outcome"], "OK", "{finished}");
+    assert_eq!(finished["fields"]["tool_calls"], 2, "{finished}");
+    assert!(finished["fields"]["elapsed_ms"].is_u64(), "{finished}");
+
+    let log = broker.log();
+    for line in log.lines() {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            parsed["timestamp"].is_string() && parsed["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(!log.contains(SECRET), "the secret's value is in the log");
+    assert!(!log.contains(MARKER), "script text is in the log");
+}
+
+#[tokio::test]
+async fn healthcheck_answers_for_a_serving_broker_and_fails_for_none() {
+    let broker = Broker::start(&["--http-listen", "127.0.0.1:0"]);
+    let line = broker.serving_line();
+    let http = line
+        .split("http_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let check = |listen: &str, http: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_enclave-broker"))
+            .args(["--listen", listen, "--http-listen", http, "healthcheck"])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let grpc = broker.addr.to_string();
+    let ok = check(&grpc, &http);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Nothing serves on a port just freed: both checks fail, saying where.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = check(&free.to_string(), &http);
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains(&free.to_string()));
+    let down = check(&grpc, &free.to_string());
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains(&free.to_string()));
 }
