@@ -97,6 +97,6 @@ async fn more_idle_connections_than_descriptors_do_not_lock_real_clients_out() {
         );
         idle.push(TcpStream::connect(broker.addr).await.unwrap());
     }
-    let log = broker.log();
+    let log = broker.log_with("connection cap reached").await;
     assert!(log.contains("connection cap reached"), "{log}");
 }

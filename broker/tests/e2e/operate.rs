@@ -219,19 +219,12 @@ async fn json_logs_parse_and_tell_how_a_job_went_not_what_it_did() {
     );
     assert_eq!(value(&raw.execute(&code).await.unwrap()), json!(MARKER));
 
-    // The line is written before the answer is sent, but read from the pipe by a thread.
-    let mut finished = None;
-    for _ in 0..100 {
-        finished = broker
-            .log()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|l| l["fields"]["message"] == "job finished");
-        if finished.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let finished = broker
+        .log_with("job finished")
+        .await
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "job finished");
     let finished = finished.expect("a `job finished` line");
     assert_eq!(finished["level"], "INFO", "{finished}");
     assert_eq!(finished["fields"]["outcome"], "OK", "{finished}");

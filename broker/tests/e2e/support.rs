@@ -154,6 +154,19 @@ impl Broker {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `needle` (a thread reads it from the broker's pipe, so a
+    /// line written before an answer may be read after it), or as it is after 10 s.
+    pub async fn log_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn rpc(&self) -> BrokerClient<Channel> {
         BrokerClient::connect(format!("http://{}", self.addr))
             .await
