@@ -69,7 +69,7 @@ async fn silent_slow_and_idle_connections_are_closed() {
 #[tokio::test]
 async fn more_idle_connections_than_descriptors_do_not_lock_real_clients_out() {
     // 128 descriptors: the broker serves at most 96 connections and keeps the rest.
-    let broker = Broker::start_with_fd_limit(&[], 128);
+    let broker = Broker::start_with_fd_limit(&["--metrics-listen", "127.0.0.1:0"], 128);
     assert!(
         has_field(&broker.serving_line(), "max_connections=96"),
         "{}",
@@ -99,4 +99,12 @@ async fn more_idle_connections_than_descriptors_do_not_lock_real_clients_out() {
     }
     let log = broker.log_with("connection cap reached").await;
     assert!(log.contains("connection cap reached"), "{log}");
+    // And a metric counts it: the idle connections that made room.
+    let metrics = broker.scrape_metrics().await;
+    let evicted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("enclave_connections_evicted_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no eviction count in\n{metrics}"));
+    assert!(evicted >= 5, "{evicted}");
 }

@@ -22,25 +22,6 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
 /// `promtool check metrics` from Debian's `prometheus` package (`$PROMTOOL`, else on
 /// the PATH; ./scripts/test provides it).
 fn promtool_accepts(exposition: &str) {
@@ -75,14 +56,6 @@ fn promtool_accepts(exposition: &str) {
 #[tokio::test]
 async fn metrics_count_exactly_what_happened() {
     let broker = Broker::start(&["--metrics-listen", "127.0.0.1:0"]);
-    let line = broker.serving_line();
-    let addr = line
-        .split("metrics_addr=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the serving line gives the metrics address")
-        .to_owned();
-
     let mut x25519 = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
     let mut p256 = Raw::connect(&broker, Suite::P256Ed25519Aes256gcmSha256).await;
     // Two jobs that end OK, one with a tool call that works and one that fails.
@@ -130,7 +103,7 @@ async fn metrics_count_exactly_what_happened() {
         Code::Aborted
     );
 
-    let text = scrape(&addr).await;
+    let text = broker.scrape_metrics().await;
     let got = samples(&text);
     let expected = [
         (

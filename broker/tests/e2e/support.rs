@@ -154,6 +154,32 @@ impl Broker {
         self.log.lock().unwrap().clone()
     }
 
+    /// `GET /metrics` on the address the serving line gives (`--metrics-listen`).
+    pub async fn scrape_metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let line = self.serving_line();
+        let addr = line
+            .split("metrics_addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("the serving line gives the metrics address");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        body.to_owned()
+    }
+
     /// The log once it holds `needle` (a thread reads it from the broker's pipe, so a
     /// line written before an answer may be read after it), or as it is after 10 s.
     pub async fn log_with(&self, needle: &str) -> String {
