@@ -157,6 +157,43 @@ impl ConnectionArgs {
     }
 }
 
+/// A listener's address flag (`--http-listen`, `--metrics-listen`): an address, or
+/// `off` (also `none` or empty) for no listener at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" | "none" | "" => Ok(ListenAddr(None)),
+            addr => addr.parse().map(|a| ListenAddr(Some(a))).map_err(|e| {
+                format!("{addr:?} is neither an address (host:port) nor \"off\": {e}")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// The listener, when there is an address to serve on.
+    pub async fn bind(self) -> std::io::Result<Option<TcpListener>> {
+        match self.0 {
+            Some(addr) => TcpListener::bind(addr).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Counters of what the policy did, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {

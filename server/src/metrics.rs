@@ -10,8 +10,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -31,30 +29,7 @@ use crate::listener::{self, ConnectionPolicy, Connections, HttpVersion};
 const MAX_SCRAPE_CONNECTIONS: usize = 16;
 
 /// `--metrics-listen`: an address to serve `/metrics` on, or `off` (the default).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MetricsListen(pub Option<SocketAddr>);
-
-impl FromStr for MetricsListen {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "off" | "none" | "" => Ok(MetricsListen(None)),
-            addr => addr.parse().map(|a| MetricsListen(Some(a))).map_err(|e| {
-                format!("{addr:?} is neither an address (host:port) nor \"off\": {e}")
-            }),
-        }
-    }
-}
-
-impl fmt::Display for MetricsListen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("off"),
-        }
-    }
-}
+pub use crate::listener::ListenAddr as MetricsListen;
 
 /// The registry in the text format.
 pub fn encode(registry: &Registry) -> String {
@@ -62,16 +37,6 @@ pub fn encode(registry: &Registry) -> String {
     prometheus_client::encoding::prometheus_text::encode(&mut text, registry)
         .expect("writing to a String cannot fail");
     text
-}
-
-impl MetricsListen {
-    /// The listener, when there is an address to serve on.
-    pub async fn bind(self) -> std::io::Result<Option<TcpListener>> {
-        match self.0 {
-            Some(addr) => TcpListener::bind(addr).await.map(Some),
-            None => Ok(None),
-        }
-    }
 }
 
 /// Serves `GET /metrics` from `registry` on `listener` (if any: without one, returns at

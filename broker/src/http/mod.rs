@@ -18,8 +18,6 @@ mod v1;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -53,30 +51,7 @@ const PLAYGROUND_CSP: &str =
     "default-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
 /// `--http-listen`: an address, or `off` for no HTTP API at all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HttpListen(pub Option<SocketAddr>);
-
-impl FromStr for HttpListen {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "off" | "none" | "" => Ok(HttpListen(None)),
-            addr => addr.parse().map(|a| HttpListen(Some(a))).map_err(|e| {
-                format!("{addr:?} is neither an address (host:port) nor \"off\": {e}")
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for HttpListen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("off"),
-        }
-    }
-}
+pub use enclave_server::listener::ListenAddr as HttpListen;
 
 /// What the HTTP API serves besides protocol v1.
 #[derive(Clone, Debug, Default)]
