@@ -479,6 +479,9 @@ pub struct ExecutorsConfig {
     /// Embedded mode only.
     #[serde(default = "default_embedded_max_jobs")]
     pub embedded_max_jobs: u32,
+    /// Embedded mode only: where the compiled guest snapshot is kept between starts
+    /// (the executor's `--snapshot-dir`). `--snapshot-dir` overrides it.
+    pub embedded_snapshot_dir: Option<PathBuf>,
     /// CA bundle (PEM) for executors served over TLS: `https://` endpoints must chain
     /// to it, and with `dns` it switches the executors to https (their certificate must
     /// name the DNS host). `--executor-ca` overrides it.
@@ -497,6 +500,7 @@ impl Default for ExecutorsConfig {
             down_retry_ms: DEFAULT_DOWN_RETRY_MS,
             health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
             embedded_max_jobs: DEFAULT_EMBEDDED_MAX_JOBS,
+            embedded_snapshot_dir: None,
             ca_file: None,
         }
     }

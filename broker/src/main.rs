@@ -32,6 +32,9 @@ enum Command {
     /// Generates a broker identity key (PEM, mode 0600; the public key goes to PATH.pub)
     /// and prints its fingerprint, which clients pin.
     Keygen { path: PathBuf },
+    /// Prints the fingerprint of the identity key (--identity), which clients pin:
+    /// `docker compose exec broker /enclave-broker fingerprint`. Fails if there is none.
+    Fingerprint,
     /// Asks the broker serving on --listen and --http-listen (on loopback when that is
     /// every address) whether it serves: gRPC health, and `GET /v1/info` unless the HTTP
     /// API is off. Exit status 0 if both answer. For container health checks: the image
@@ -75,6 +78,11 @@ struct ServeArgs {
     /// periodically; overrides the config.
     #[arg(long, env = "ENCLAVE_EXECUTOR_DNS")]
     executor_dns: Option<String>,
+    /// Embedded mode: directory for the compiled guest snapshot, loaded at start when it
+    /// fits, else compiled (seconds) and written there. Its files run as native code:
+    /// keep it writable only by the operator. Overrides the config.
+    #[arg(long, env = "ENCLAVE_SNAPSHOT_DIR")]
+    snapshot_dir: Option<PathBuf>,
     /// Serve only clients that authenticate with one of these keys (fingerprints
     /// `sha256:<hex>`, comma-separated).
     #[arg(
@@ -167,6 +175,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.fingerprint());
             Ok(())
         }
+        Some(Command::Fingerprint) => {
+            let key = IdentityKey::load(&cli.serve.identity).with_context(|| {
+                format!("loading the identity key {}", cli.serve.identity.display())
+            })?;
+            println!("{}", key.fingerprint());
+            Ok(())
+        }
         Some(Command::Healthcheck) => healthcheck(&cli.serve).await.map_err(anyhow::Error::msg),
         None => serve(cli.serve).await,
     }
@@ -195,6 +210,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.executor_dns.is_some() {
         config.executors.dns = args.executor_dns.clone();
+    }
+    if args.snapshot_dir.is_some() {
+        config.executors.embedded_snapshot_dir = args.snapshot_dir.clone();
     }
     if args.executor_ca.is_some() {
         config.executors.ca_file = args.executor_ca.clone();

@@ -126,6 +126,7 @@ pub async fn from_config(
     if config.is_embedded() {
         let sandbox = enclave_executor::SandboxConfig {
             max_concurrent_jobs: config.embedded_max_jobs,
+            snapshot_dir: config.embedded_snapshot_dir.clone(),
             ..Default::default()
         };
         Ok(Arc::new(crate::embedded::Embedded::new(sandbox).await?))

@@ -30,4 +30,4 @@ pub mod wasi;
 
 pub use jobs::{Jobs, Refusal, RunningJob, ToolResults};
 pub use limits::Limits;
-pub use sandbox::{JobSpec, Sandbox, SandboxConfig, SandboxError};
+pub use sandbox::{JobSpec, Sandbox, SandboxConfig, SandboxError, SnapshotSource};

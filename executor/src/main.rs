@@ -31,6 +31,9 @@ enum Command {
     /// whether it serves, by gRPC health: exit status 0 if it does. For container
     /// health checks: the image needs no shell or client tool. Plaintext only.
     Healthcheck,
+    /// Compiles the guest snapshot into --snapshot-dir and exits, so that executors
+    /// started with that directory serve at once (image builds run it).
+    Precompile,
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +58,12 @@ struct Args {
     /// beyond them run in slots that give all their memory back. 0: none kept.
     #[arg(long, env = "ENCLAVE_MAX_RESIDENT_MIB", default_value_t = (enclave_executor::sandbox::DEFAULT_MAX_RESIDENT >> 20) as u64)]
     max_resident_mib: u64,
+    /// Directory for the compiled guest snapshot: loaded at start when it fits this
+    /// executor and machine, else compiled (seconds) and written there for the next
+    /// start. Its files run as native code: keep it writable only by the operator.
+    /// [default: none, compiled at every start]
+    #[arg(long, env = "ENCLAVE_SNAPSHOT_DIR")]
+    snapshot_dir: Option<PathBuf>,
     /// Largest script accepted, in KiB.
     #[arg(long, env = "ENCLAVE_MAX_CODE_KIB", default_value_t = 1024)]
     max_code_kib: usize,
@@ -95,9 +104,33 @@ fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg);
     }
     let args = cli.serve;
-    enclave_server::runtime::build(args.worker_threads)
-        .context("starting the tokio runtime")?
-        .block_on(run(args))
+    let runtime = enclave_server::runtime::build(args.worker_threads)
+        .context("starting the tokio runtime")?;
+    if let Some(Command::Precompile) = cli.command {
+        enclave_server::runtime::init_logging(args.log_format);
+        let path = runtime
+            .block_on(enclave_executor::sandbox::precompile(&sandbox_config(
+                &args,
+            )))
+            .context("compiling the snapshot")?;
+        println!("{}", path.display());
+        return Ok(());
+    }
+    runtime.block_on(run(args))
+}
+
+fn sandbox_config(args: &Args) -> SandboxConfig {
+    let mut ceiling = Limits::ceiling();
+    ceiling.timeout = Duration::from_millis(args.max_timeout_ms);
+    ceiling.memory_bytes = args.max_memory_mib << 20;
+    SandboxConfig {
+        max_concurrent_jobs: args.max_jobs,
+        ceiling,
+        max_wasm_stack: args.max_wasm_stack_kib << 10,
+        max_resident: usize::try_from(args.max_resident_mib << 20).unwrap_or(usize::MAX),
+        snapshot_dir: args.snapshot_dir.clone(),
+        ..SandboxConfig::default()
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -105,18 +138,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let tls = enclave_server::tls::load(args.tls_cert.as_deref(), args.tls_key.as_deref(), b"h2")
         .map_err(anyhow::Error::msg)?;
-    let mut ceiling = Limits::ceiling();
-    ceiling.timeout = Duration::from_millis(args.max_timeout_ms);
-    ceiling.memory_bytes = args.max_memory_mib << 20;
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_jobs: args.max_jobs,
-        ceiling,
-        max_wasm_stack: args.max_wasm_stack_kib << 10,
-        max_resident: usize::try_from(args.max_resident_mib << 20).unwrap_or(usize::MAX),
-        ..SandboxConfig::default()
-    })
-    .await
-    .context("starting the sandbox")?;
+    let sandbox = Sandbox::new(sandbox_config(&args))
+        .await
+        .context("starting the sandbox")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -134,6 +158,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_connections = policy.max_connections,
         tls = tls.is_some(),
         startup_ms = started.elapsed().as_millis() as u64,
+        snapshot = %sandbox.snapshot_source(),
         // What the runtime really has, not what was asked: tests check `--worker-threads`.
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "executor serving"

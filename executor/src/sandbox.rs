@@ -12,7 +12,18 @@
 //! faults on it), and take jobs first; the *cold* slots, enough for every job at once,
 //! give all their memory back when a job ends. A burst of large jobs therefore leaves at
 //! most [`SandboxConfig::max_resident`] behind, however many slots it used.
+//!
+//! Snapshotting and compiling take seconds, which every process start would pay. With a
+//! [`SandboxConfig::snapshot_dir`] the compiled snapshot is kept there and the next start
+//! maps it in instead (milliseconds); an image build fills the directory once
+//! ([`precompile`]), so a new container serves at once. The file's name carries a hash of
+//! the guest and of the engine's compilation settings, and wasmtime checks its own
+//! version and the CPU's features when loading: a file that does not fit is ignored and
+//! the snapshot is compiled again.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,6 +73,10 @@ pub struct SandboxConfig {
     /// What all warm slots together may keep resident: there are
     /// `max_resident / keep_resident` of them (at most one per job); 0 means none.
     pub max_resident: usize,
+    /// Where the compiled snapshot is kept between process starts; `None`: compiled at
+    /// every start. What is in it runs as native code in this process, so only whoever
+    /// may run code as the executor may be able to write there.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -85,7 +100,26 @@ impl Default for SandboxConfig {
             max_wasm_stack: 512 << 10,
             keep_resident: DEFAULT_KEEP_RESIDENT,
             max_resident: DEFAULT_MAX_RESIDENT,
+            snapshot_dir: None,
         }
+    }
+}
+
+/// Where the compiled snapshot a sandbox runs came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// Snapshotted and compiled in this process (and kept, given a directory that takes it).
+    Compiled,
+    /// Mapped from [`SandboxConfig::snapshot_dir`].
+    Loaded,
+}
+
+impl std::fmt::Display for SnapshotSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SnapshotSource::Compiled => "compiled",
+            SnapshotSource::Loaded => "loaded",
+        })
     }
 }
 
@@ -95,6 +129,11 @@ pub enum SandboxError {
     Engine(String),
     #[error("pre-initialising the guest: {0}")]
     Snapshot(String),
+    #[error("keeping the compiled snapshot in {path}: {error}")]
+    Keep {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// A job ready to run: code, optional JSON input, and resolved limits.
@@ -157,32 +196,23 @@ pub struct Sandbox {
     /// Linear memory the snapshot starts with; a job's heap limit comes on top.
     memory_baseline: usize,
     config: SandboxConfig,
+    source: SnapshotSource,
 }
 
 impl Sandbox {
-    /// Configures the engine, snapshots the guest and compiles the snapshot. Takes a
-    /// couple of seconds (two Cranelift compilations); done once per process.
+    /// Configures the engine and compiles the snapshot, or loads it from
+    /// [`SandboxConfig::snapshot_dir`]. Compiling takes a couple of seconds (a Wizer run
+    /// and two Cranelift compilations); done once per process.
     pub async fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let engine_error = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
         let snapshot_error = |e: wasmtime::Error| SandboxError::Snapshot(format!("{e:#}"));
         // One extra cold slot for the snapshot instance made at start-up.
         let cold_engine =
             engine(&config, config.max_concurrent_jobs + 1, 0).map_err(engine_error)?;
-        let snapshot = snapshot(&cold_engine, &linker(&cold_engine).map_err(engine_error)?)
-            .await
-            .map_err(snapshot_error)?;
-        let module = Module::new(&cold_engine, &snapshot).map_err(snapshot_error)?;
-        // The guest names its imports in literals (`#[link_name]`): one the ABI does not
-        // define is a guest out of step with this host.
-        if let Some(unknown) = module.imports().find(|i| {
-            i.module() == enclave_abi::MODULE && !enclave_abi::IMPORTS.contains(&i.name())
-        }) {
-            return Err(SandboxError::Snapshot(format!(
-                "the guest imports `{}.{}`, which the host ABI (enclave-abi) does not define",
-                enclave_abi::MODULE,
-                unknown.name()
-            )));
-        }
+        let (module, source) = match &config.snapshot_dir {
+            Some(dir) => load_or_keep(&cold_engine, dir).await?,
+            None => (compile(&cold_engine).await?, SnapshotSource::Compiled),
+        };
         let memory_baseline = match module.get_export(enclave_abi::MEMORY) {
             Some(wasmtime::ExternType::Memory(m)) => (m.minimum() as usize) * (1 << 16),
             _ => return Err(SandboxError::Snapshot("the guest exports no memory".into())),
@@ -192,10 +222,10 @@ impl Sandbox {
             slots => {
                 let engine = engine(&config, slots, config.keep_resident).map_err(engine_error)?;
                 let compiled = module.serialize().map_err(snapshot_error)?;
-                #[allow(unsafe_code)]
                 // SAFETY: `compiled` is what `serialize` produced a moment ago, in this
                 // process, from a module of an engine with the same compilation settings
                 // (the two differ only in their pools); wasmtime checks that too.
+                #[allow(unsafe_code)]
                 let module =
                     unsafe { Module::deserialize(&engine, &compiled) }.map_err(snapshot_error)?;
                 let pool = Pool::new(engine, &module).map_err(snapshot_error)?;
@@ -208,11 +238,17 @@ impl Sandbox {
             cold,
             memory_baseline,
             config,
+            source,
         })
     }
 
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// Whether the snapshot was compiled at start-up or loaded.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        self.source
     }
 
     /// Whether the epoch thread sleeps because no job has run for a while (see
@@ -352,6 +388,95 @@ fn engine(config: &SandboxConfig, slots: u32, keep_resident: usize) -> wasmtime:
         .async_stack_size(config.max_wasm_stack + (1 << 20))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c)
+}
+
+/// Compiles the snapshot into `config.snapshot_dir` (which it must name) for later starts
+/// to load, and returns the file's path: what an image build runs.
+pub async fn precompile(config: &SandboxConfig) -> Result<PathBuf, SandboxError> {
+    let engine_error = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
+    let dir = config
+        .snapshot_dir
+        .as_deref()
+        .ok_or_else(|| SandboxError::Engine("no snapshot directory to compile into".into()))?;
+    let engine = engine(config, 1, 0).map_err(engine_error)?;
+    let module = compile(&engine).await?;
+    keep(&engine, &module, dir)
+}
+
+/// The snapshot from `dir` if a file there fits this guest and engine; else compiled,
+/// and kept in `dir` when it can be (a read-only directory only costs the next start).
+async fn load_or_keep(
+    engine: &Engine,
+    dir: &Path,
+) -> Result<(Module, SnapshotSource), SandboxError> {
+    let path = snapshot_path(engine, dir);
+    if path.exists() {
+        // SAFETY: deserialising runs the file's machine code later; the file is trusted
+        // like the executable itself (`SandboxConfig::snapshot_dir` says who may write
+        // there). wasmtime refuses files from another version, other compilation settings
+        // or for CPU features this machine lacks; the name covers the guest.
+        #[allow(unsafe_code)]
+        match unsafe { Module::deserialize_file(engine, &path) } {
+            Ok(module) => return Ok((module, SnapshotSource::Loaded)),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %format!("{e:#}"),
+                "the compiled snapshot does not load here; compiling it again"
+            ),
+        }
+    }
+    let module = compile(engine).await?;
+    if let Err(e) = keep(engine, &module, dir) {
+        tracing::warn!(error = %e, "the compiled snapshot is not kept; the next start compiles it again");
+    }
+    Ok((module, SnapshotSource::Compiled))
+}
+
+/// Writes `module` to its file in `dir`, whole or not at all: processes starting at once
+/// may read and write it together.
+fn keep(engine: &Engine, module: &Module, dir: &Path) -> Result<PathBuf, SandboxError> {
+    let path = snapshot_path(engine, dir);
+    let bytes = module
+        .serialize()
+        .map_err(|e| SandboxError::Snapshot(format!("{e:#}")))?;
+    let partial = dir.join(format!(
+        ".{}.{}.partial",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("snapshot"),
+        std::process::id()
+    ));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::File::create(&partial))
+        .and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&partial, &path));
+    written.map_err(|error| {
+        let _ = std::fs::remove_file(&partial);
+        SandboxError::Keep {
+            path: path.clone(),
+            error,
+        }
+    })?;
+    Ok(path)
+}
+
+/// The snapshot's file in `dir`, named for this guest and what compiling it depends on.
+fn snapshot_path(engine: &Engine, dir: &Path) -> PathBuf {
+    let mut hasher = DefaultHasher::new();
+    GUEST_WASM.hash(&mut hasher);
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    dir.join(format!("guest-{:016x}.cwasm", hasher.finish()))
+}
+
+/// Snapshots the guest and compiles the snapshot for `engine`, checking its imports.
+async fn compile(engine: &Engine) -> Result<Module, SandboxError> {
+    let snapshot_error = |e: wasmtime::Error| SandboxError::Snapshot(format!("{e:#}"));
+    let linker = linker(engine).map_err(snapshot_error)?;
+    let snapshot = snapshot(engine, &linker).await.map_err(snapshot_error)?;
+    Module::new(engine, &snapshot).map_err(snapshot_error)
 }
 
 /// Runs the guest's initialisation and snapshots the initialised instance.

@@ -55,6 +55,11 @@ async fn start_executor_with(args: &[&str]) -> (Executor, u16) {
         .args(args)
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
+        // One compiled guest snapshot for every process the tests start.
+        .env(
+            "ENCLAVE_SNAPSHOT_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshots"),
+        )
         .spawn()
         .unwrap();
     // Read to the end, so that the executor never blocks on a full pipe.

@@ -253,3 +253,38 @@ async fn healthcheck_answers_for_a_serving_broker_and_fails_for_none() {
     assert!(!down.status.success());
     assert!(String::from_utf8_lossy(&down.stderr).contains(&free.to_string()));
 }
+
+/// `fingerprint` prints what a client pins, read from the identity key the broker
+/// serves with (how a compose user reads it); without a key it fails and says where.
+#[test]
+fn fingerprint_prints_the_served_identity() {
+    let broker = Broker::start(&["--http-listen", "off"]);
+    let print = |identity: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_enclave-broker"))
+            .arg("--identity")
+            .arg(identity)
+            .arg("fingerprint")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let out = print(&broker.identity);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        broker.fingerprint.to_string()
+    );
+    let missing = temp_path("none.key");
+    let out = print(&missing);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&missing.display().to_string()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!missing.exists(), "`fingerprint` must not create a key");
+}

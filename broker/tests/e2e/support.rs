@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,11 +30,18 @@ pub fn temp_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Where the brokers these tests start keep the compiled guest snapshot.
+pub fn snapshot_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshots")
+}
+
 /// A broker child process, killed when dropped.
 pub struct Broker {
     child: Child,
     pub addr: SocketAddr,
     pub fingerprint: Fingerprint,
+    /// Its identity key file.
+    pub identity: PathBuf,
     log: Arc<Mutex<String>>,
 }
 
@@ -81,6 +88,10 @@ impl Broker {
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--identity"])
             .arg(&identity)
+            // One compiled snapshot for every broker these tests start (compiling it
+            // takes seconds).
+            .arg("--snapshot-dir")
+            .arg(snapshot_dir())
             .args(args)
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
@@ -124,6 +135,7 @@ impl Broker {
             child,
             addr: addr.expect("addr").parse().unwrap(),
             fingerprint: fingerprint.expect("fingerprint").parse().unwrap(),
+            identity,
             log,
         }
     }

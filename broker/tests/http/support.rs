@@ -68,6 +68,11 @@ impl Broker {
             .args(args)
             .env("NO_COLOR", "1")
             .env("ENCLAVE_LOG", "info")
+            // One compiled guest snapshot for every process the tests start.
+            .env(
+                "ENCLAVE_SNAPSHOT_DIR",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshots"),
+            )
             .env_remove("ENCLAVE_EXECUTORS")
             .env_remove("ENCLAVE_EXECUTOR_DNS")
             .env_remove("ENCLAVE_CONFIG")

@@ -95,6 +95,11 @@ impl Broker {
             .arg(&identity)
             .env("NO_COLOR", "1")
             .env("ENCLAVE_LOG", "info")
+            // One compiled guest snapshot for every process the tests start.
+            .env(
+                "ENCLAVE_SNAPSHOT_DIR",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshots"),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

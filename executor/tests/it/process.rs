@@ -36,6 +36,11 @@ impl Executor {
             .args(extra)
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
+            // One compiled guest snapshot for every process the tests start.
+            .env(
+                "ENCLAVE_SNAPSHOT_DIR",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshots"),
+            )
             .spawn()
             .expect("spawn enclave-executor");
         let stderr = child.stderr.take().unwrap();
@@ -283,4 +288,61 @@ impl ExecutorClientConnect {
             .map(|_| ())
             .map_err(|s| s.code())
     }
+}
+
+/// `precompile` fills a snapshot directory that the next start loads instead of
+/// compiling; a file that does not load (damaged, or from another build) is compiled
+/// again and replaced, never trusted and never fatal.
+#[tokio::test]
+async fn a_precompiled_snapshot_is_loaded_and_a_damaged_one_replaced() {
+    let dir = std::env::temp_dir().join(format!(
+        "enclave-snapshot-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enclave-executor"))
+        .args(["--snapshot-dir", &dir_arg, "precompile"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(file.starts_with(&dir) && file.is_file(), "{file:?}");
+
+    let answers = |addr: SocketAddr| async move {
+        let t = run_with(
+            &mut client_for(addr).await,
+            job("return [1, 2, 3].map(x => x * 2)"),
+            Box::new(|c| Some(echo(c))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.result(), json!([2, 4, 6]));
+    };
+    // Other flags than precompile's (the pool's size is not part of the compiled code).
+    let exec = Executor::start(&["--snapshot-dir", &dir_arg, "--max-jobs", "8"]);
+    assert!(exec.line.contains("snapshot=loaded"), "{}", exec.line);
+    answers(exec.addr).await;
+
+    std::fs::write(&file, b"\x7fELF not really a compiled module").unwrap();
+    let exec = Executor::start(&["--snapshot-dir", &dir_arg]);
+    assert!(exec.line.contains("snapshot=compiled"), "{}", exec.line);
+    answers(exec.addr).await;
+    let exec = Executor::start(&["--snapshot-dir", &dir_arg]);
+    assert!(
+        exec.line.contains("snapshot=loaded"),
+        "the damaged file was not replaced: {}",
+        exec.line
+    );
+    answers(exec.addr).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
