@@ -560,9 +560,26 @@ impl Backend for RemotePool {
     }
 }
 
+/// How often a DNS name that resolved to no executor is asked again: compose and swarm
+/// start the broker and its executors together, and the first resolution often comes
+/// before the executors' records exist; jobs meanwhile get UNAVAILABLE.
+const EMPTY_DNS_REFRESH: Duration = Duration::from_secs(1);
+
 async fn refresh_dns(shared: Weak<Shared>, name: String, every: Duration) {
     loop {
-        tokio::time::sleep(every).await;
+        let empty = shared.upgrade().is_some_and(|shared| {
+            shared
+                .members
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        });
+        tokio::time::sleep(if empty {
+            every.min(EMPTY_DNS_REFRESH)
+        } else {
+            every
+        })
+        .await;
         let Some(shared) = shared.upgrade() else {
             return;
         };

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use enclave_client::{Client, Fingerprint};
 use tokio::process::Command;
 
+pub mod swarm;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(
-        "`{command}` could not run ({error}): these tests need a Docker engine with Compose \
-         (docker compose or docker-compose) and the images from ./scripts/images"
+        "`{command}` could not run ({error}): these tests need a Docker engine with Compose v2 \
+         (./scripts/install-compose) and the images from ./scripts/images"
     )]
     Spawn {
         command: String,
@@ -76,20 +78,20 @@ async fn run(command: &mut Command, shown: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `docker compose` (v2) if the engine has it, else `docker-compose` (v1.29, Debian 12's).
-fn compose_program() -> &'static [&'static str] {
-    static PROGRAM: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let v2 = std::process::Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if v2 {
-            &["docker", "compose"]
-        } else {
-            &["docker-compose"]
+/// Fails with what to do when the engine or the images are missing.
+pub async fn images_exist() -> Result<()> {
+    for image in ["enclave-broker", "enclave-executor"] {
+        let image = format!("{image}:{}", tag());
+        if docker(&["image", "inspect", "--format", "{{.Id}}", &image])
+            .await
+            .is_err()
+        {
+            // Tell a missing engine from a missing image.
+            docker(&["version", "--format", "{{.Server.Version}}"]).await?;
+            return Err(DeployError::MissingImage(image));
         }
-    })
+    }
+    Ok(())
 }
 
 /// A compose project of `docker-compose.yml` under a name of its own, taken down with
@@ -106,17 +108,7 @@ impl Project {
     /// Starts the broker and `executors` executors and waits until all of them report
     /// healthy. `env` sets the compose file's variables (`ENCLAVE_EXECUTOR_CPUS`, ...).
     pub async fn up(executors: usize, env: &[(&str, &str)]) -> Result<Project> {
-        for image in ["enclave-broker", "enclave-executor"] {
-            let image = format!("{image}:{}", tag());
-            if docker(&["image", "inspect", "--format", "{{.Id}}", &image])
-                .await
-                .is_err()
-            {
-                // Tell a missing engine from a missing image.
-                docker(&["version", "--format", "{{.Server.Version}}"]).await?;
-                return Err(DeployError::MissingImage(image));
-            }
-        }
+        images_exist().await?;
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "enclave-test-{}-{}",
@@ -145,13 +137,12 @@ impl Project {
         &self.name
     }
 
-    /// Runs the compose tool on this project; its stdout.
+    /// Runs `docker compose` on this project; its stdout.
     pub async fn compose(&self, args: &[&str]) -> Result<String> {
-        let program = compose_program();
         let file = repository().join("docker-compose.yml");
-        let mut command = Command::new(program[0]);
+        let mut command = Command::new("docker");
         command
-            .args(&program[1..])
+            .arg("compose")
             .arg("-p")
             .arg(&self.name)
             .arg("-f")
@@ -159,11 +150,7 @@ impl Project {
             .args(args)
             .current_dir(repository())
             .envs(self.env.iter().map(|(k, v)| (k, v)));
-        run(
-            &mut command,
-            &format!("{} {}", program.join(" "), args.join(" ")),
-        )
-        .await
+        run(&mut command, &format!("docker compose {}", args.join(" "))).await
     }
 
     /// `up --scale executor=N`, leaving the running containers as they are.
@@ -235,52 +222,67 @@ impl Project {
         format!("{}_executors", self.name)
     }
 
-    /// Jobs the broker has logged as finished on each executor container, by container
-    /// id (the broker's `job finished` lines name the executor by its address).
+    /// Jobs the broker has logged as finished on each executor container, by id.
     pub async fn jobs_by_executor(&self) -> Result<Vec<(String, usize)>> {
         let broker = self.containers("broker").await?;
         let broker = broker
             .first()
             .ok_or_else(|| DeployError::Unexpected("no broker container".into()))?;
-        let out = Command::new("docker")
-            .args(["logs", broker])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|error| DeployError::Spawn {
-                command: "docker logs".into(),
-                error,
-            })?;
-        // The broker logs to stderr.
-        let log = String::from_utf8_lossy(&out.stderr);
-        let network = self.executor_network();
-        let mut counts = Vec::new();
-        for id in self.containers("executor").await? {
-            let format = format!(
-                "{{{{with index .NetworkSettings.Networks \"{network}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}"
-            );
-            let ip = docker(&["inspect", "--format", &format, &id]).await?;
-            let ip = ip.trim();
-            let n = if ip.is_empty() {
-                0
-            } else {
+        let executors = self.containers("executor").await?;
+        jobs_by_executor(broker, &executors, &self.executor_network()).await
+    }
+}
+
+/// Jobs the broker container `broker` has logged as finished on each of the `executors`
+/// containers, which it knows by their address on `network` (its `job finished` lines
+/// name the executor).
+pub async fn jobs_by_executor(
+    broker: &str,
+    executors: &[String],
+    network: &str,
+) -> Result<Vec<(String, usize)>> {
+    let out = Command::new("docker")
+        .args(["logs", broker])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|error| DeployError::Spawn {
+            command: "docker logs".into(),
+            error,
+        })?;
+    // The broker logs to stderr.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let mut counts = Vec::new();
+    for id in executors {
+        let ip = container_ip(id, network).await?;
+        let n = match ip {
+            None => 0,
+            Some(ip) => {
                 let needle = format!("executor=http://{ip}:7701 ");
                 log.lines()
                     .filter(|l| l.contains("job finished") && l.contains(&needle))
                     .count()
-            };
-            counts.push((id, n));
-        }
-        Ok(counts)
+            }
+        };
+        counts.push((id.clone(), n));
     }
+    Ok(counts)
+}
+
+/// The address of `container` on `network`, if it is on it.
+pub async fn container_ip(container: &str, network: &str) -> Result<Option<String>> {
+    let format = format!(
+        "{{{{with index .NetworkSettings.Networks \"{network}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}"
+    );
+    let ip = docker(&["inspect", "--format", &format, container]).await?;
+    let ip = ip.trim();
+    Ok((!ip.is_empty()).then(|| ip.to_owned()))
 }
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let program = compose_program();
-        let _ = std::process::Command::new(program[0])
-            .args(&program[1..])
-            .args(["-p", &self.name, "-f"])
+        let _ = std::process::Command::new("docker")
+            .args(["compose", "-p", &self.name, "-f"])
             .arg(repository().join("docker-compose.yml"))
             .args(["down", "-v", "--remove-orphans", "-t", "1"])
             .current_dir(repository())
@@ -291,7 +293,7 @@ impl Drop for Project {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -11,3 +11,4 @@ mod support;
 mod broker;
 mod executors;
 mod scaling;
+mod swarm;
