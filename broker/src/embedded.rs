@@ -34,7 +34,7 @@ impl Embedded {
 
     pub fn with_sandbox(sandbox: Arc<Sandbox>) -> Embedded {
         Embedded {
-            jobs: Jobs::new(sandbox, DEFAULT_MAX_CODE_BYTES),
+            jobs: Jobs::new(sandbox, DEFAULT_MAX_CODE_BYTES, None),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The thread that advances the engine's epoch: the clock behind every job's time
 //! limit and behind running jobs taking turns on a worker thread.
 //!
-//! It ticks every millisecond while jobs run, and sleeps once no job has run for a
+//! It ticks every quarter of a millisecond while jobs run, and sleeps once no job has run for a
 //! while, so that an idle executor (or an idle broker with its embedded one) does not
 //! wake a core a thousand times a second. A job that starts wakes it before the job
 //! runs any guest code; a ticker that slept through a running job would leave that job
@@ -14,12 +14,14 @@ use std::time::Duration;
 use wasmtime::{Engine, EngineWeak};
 
 /// How often the epoch advances. Timeouts are checked, and running jobs yield to other
-/// tasks, at this granularity.
-const TICK: Duration = Duration::from_millis(1);
+/// tasks, at this granularity: a short job that arrives behind busy ones waits about one
+/// slice (crate::priority), so the slice bounds what a busy neighbour adds to it.
+const TICK: Duration = Duration::from_micros(250);
 
-/// Ticks with no job running or started before the ticker sleeps. Traffic of ten jobs a
-/// second or more never pays for waking it; slower traffic pays one wake-up per job.
-const IDLE_TICKS_BEFORE_SLEEP: u32 = 100;
+/// Ticks with no job running or started before the ticker sleeps (100 ms). Traffic of
+/// ten jobs a second or more never pays for waking it; slower traffic pays one wake-up
+/// per job.
+const IDLE_TICKS_BEFORE_SLEEP: u32 = 400;
 
 pub(crate) struct EpochTicker {
     /// Jobs between [`EpochTicker::job_running`] and the drop of its guard.

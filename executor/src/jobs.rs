@@ -3,7 +3,14 @@
 //! gRPC service ([`crate::server`]) and the broker's embedded mode both go through
 //! [`Jobs::start`], so a job behaves the same wherever it runs.
 //!
-//! Every job runs in a task of its own. Its time limit is the sandbox's, on this
+//! Every job runs in a task of its own, on threads of its own: a runtime for jobs alone,
+//! apart from the one that serves requests. A job takes its turn every epoch tick with
+//! the other jobs, but a request never waits behind them: the threads that read and
+//! answer requests are the operating system's to schedule, and a thread woken by a
+//! request preempts a busy one. So one session's busy jobs cannot delay another
+//! session's short job at each step it takes through the server.
+//!
+//! Its time limit is the sandbox's, on this
 //! process's clock: a consumer that stops reading its events stalls only that job,
 //! which then ends at its deadline like any other, and its slot comes back.
 //!
@@ -13,6 +20,7 @@
 //! `max_tool_calls` calls answered, so a queue of that many cannot fill unless the
 //! driver answers calls that were never made, which is refused.
 
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +74,9 @@ impl From<Refusal> for tonic::Status {
 /// Admits and runs jobs on one sandbox. Cheap to share (`Arc`).
 pub struct Jobs {
     sandbox: Arc<Sandbox>,
+    /// The jobs' own threads; shut down in the background when dropped (a runtime may
+    /// not be dropped where blocking is not allowed, such as inside another runtime).
+    runtime: Option<tokio::runtime::Runtime>,
     max_code_bytes: usize,
     /// One per pooled instance: past it the sandbox could not instantiate anyway.
     slots: Arc<Semaphore>,
@@ -76,12 +87,31 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(sandbox: Arc<Sandbox>, max_code_bytes: usize) -> Jobs {
+    /// Jobs on `sandbox`, run by `threads` threads of their own (one per core when
+    /// `None`). Should the threads not start, jobs run on the caller's runtime instead.
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        max_code_bytes: usize,
+        threads: Option<NonZeroUsize>,
+    ) -> Jobs {
         let slots = Arc::new(Semaphore::new(
             sandbox.config().max_concurrent_jobs as usize,
         ));
+        let threads = threads
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("enclave-jobs")
+            .enable_all()
+            .build()
+            .inspect_err(
+                |e| tracing::error!(error = %e, "no threads for jobs; they share the server's"),
+            )
+            .ok();
         Jobs {
             sandbox,
+            runtime,
             max_code_bytes,
             slots,
             draining: AtomicBool::new(false),
@@ -153,18 +183,23 @@ impl Jobs {
         let sandbox = self.sandbox.clone();
         let stopped = cancel.clone();
         let running = self.metrics.started();
-        let task = tokio::spawn(async move {
+        let turn = self.sandbox.turn();
+        let job = async move {
             let outcome = tokio::select! {
                 biased;
                 // Dropping the run stops the instance at once, even mid-computation.
                 _ = stopped.cancelled() => Ok(cancelled()),
-                outcome = sandbox.run(spec, events_tx, results) => outcome,
+                outcome = sandbox.run_in_turn(spec, events_tx, results, turn) => outcome,
             };
             // The instance is gone: its slot is free even if nobody reads the outcome.
             drop(permit);
             running.finished(outcome.as_ref().ok());
             let _ = outcome_tx.send(outcome);
-        });
+        };
+        let task = match &self.runtime {
+            Some(runtime) => runtime.spawn(job),
+            None => tokio::spawn(job),
+        };
         Ok(RunningJob {
             events,
             outcome: Some(outcome),
@@ -196,6 +231,14 @@ impl Jobs {
             input_json: job.input_json,
             limits,
         })
+    }
+}
+
+impl Drop for Jobs {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

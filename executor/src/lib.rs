@@ -24,6 +24,7 @@ pub mod jobs;
 mod json;
 pub mod limits;
 pub mod metrics;
+mod priority;
 pub mod sandbox;
 pub mod server;
 pub mod wasi;

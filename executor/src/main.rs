@@ -168,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ServerConfig {
             max_code_bytes: args.max_code_kib << 10,
             drain_grace: Duration::from_secs(args.drain_grace_secs),
+            job_threads: args.worker_threads,
             ..ServerConfig::default()
         },
     );

@@ -40,6 +40,7 @@ use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 use crate::epoch::EpochTicker;
 use crate::host::{self, Breach, CallerFault, JobState};
 use crate::limits::{LimitError, Limits};
+use crate::priority::{Priority, Turn};
 use crate::wasi;
 
 /// The guest module as built by build.rs (QuickJS compiled to wasm32-wasip1).
@@ -197,6 +198,8 @@ pub struct Sandbox {
     memory_baseline: usize,
     config: SandboxConfig,
     source: SnapshotSource,
+    /// Which running jobs go first (crate::priority).
+    priority: Arc<Priority>,
 }
 
 impl Sandbox {
@@ -239,6 +242,7 @@ impl Sandbox {
             memory_baseline,
             config,
             source,
+            priority: Priority::new(),
         })
     }
 
@@ -275,6 +279,24 @@ impl Sandbox {
         events: mpsc::Sender<Event>,
         tool_results: mpsc::Receiver<ToolResult>,
     ) -> Result<FinalEvent, CallerFault> {
+        self.run_in_turn(spec, events, tool_results, self.turn())
+            .await
+    }
+
+    /// A job's place among the running ones, taken when it is admitted: from then on
+    /// busy jobs step aside for it, before it even gets a thread.
+    pub(crate) fn turn(&self) -> Turn {
+        self.priority.start()
+    }
+
+    /// [`Sandbox::run`] with the turn taken at admission.
+    pub(crate) async fn run_in_turn(
+        &self,
+        spec: JobSpec,
+        events: mpsc::Sender<Event>,
+        tool_results: mpsc::Receiver<ToolResult>,
+        mut turn: Turn,
+    ) -> Result<FinalEvent, CallerFault> {
         let JobSpec {
             code,
             input_json,
@@ -300,13 +322,12 @@ impl Sandbox {
         let mut store = Store::new(&pool.engine, state);
         store.limiter(|s| &mut s.memory_cap);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
+        store.epoch_deadline_callback(move |ctx| {
             let state = ctx.data();
             if Instant::now() >= state.deadline {
-                Err(Breach::timeout(&state.limits).into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+                return Err(Breach::timeout(&state.limits).into());
             }
+            Ok(UpdateDeadline::YieldCustom(1, turn.tick()))
         });
         let run = drive(pool, &mut store).await;
         let state = store.data();

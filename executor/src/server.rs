@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub max_waiting_streams: usize,
     /// How long running jobs may take to finish once draining starts.
     pub drain_grace: Duration,
+    /// Threads that run jobs (crate::jobs); `None`: one per core.
+    pub job_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             first_message_timeout: Duration::from_secs(10),
             max_waiting_streams: DEFAULT_MAX_WAITING_STREAMS,
             drain_grace: Duration::from_secs(30),
+            job_threads: None,
         }
     }
 }
@@ -70,7 +73,11 @@ pub struct ExecutorService {
 
 impl ExecutorService {
     pub fn new(sandbox: Arc<Sandbox>, config: ServerConfig) -> ExecutorService {
-        let jobs = Arc::new(Jobs::new(sandbox, config.max_code_bytes));
+        let jobs = Arc::new(Jobs::new(
+            sandbox,
+            config.max_code_bytes,
+            config.job_threads,
+        ));
         let opening = Arc::new(Semaphore::new(config.max_waiting_streams));
         ExecutorService {
             jobs,

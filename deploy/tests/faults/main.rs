@@ -10,5 +10,6 @@ mod support;
 
 mod broker;
 mod executors;
+mod neighbour;
 mod scaling;
 mod swarm;
