@@ -78,6 +78,25 @@ async fn run(command: &mut Command, shown: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Container ids, one per line of `docker ... -q` output.
+fn ids(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether every one of `containers` (at least one) is healthy, and their states.
+async fn health(containers: &[String]) -> (bool, String) {
+    let mut args = vec!["inspect", "--format", "{{.State.Health.Status}}"];
+    args.extend(containers.iter().map(String::as_str));
+    let states = docker(&args).await.unwrap_or_default();
+    let healthy = !containers.is_empty() && states.lines().all(|s| s.trim() == "healthy");
+    (healthy, states)
+}
+
 /// Fails with what to do when the engine or the images are missing.
 pub async fn images_exist() -> Result<()> {
     for image in ["enclave-broker", "enclave-executor"] {
@@ -163,14 +182,7 @@ impl Project {
 
     /// Container ids of `service`, running or not.
     pub async fn containers(&self, service: &str) -> Result<Vec<String>> {
-        Ok(self
-            .compose(&["ps", "-q", service])
-            .await?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect())
+        Ok(ids(&self.compose(&["ps", "-q", service]).await?))
     }
 
     /// Waits until every container of the project is running and healthy.
@@ -179,10 +191,8 @@ impl Project {
         loop {
             let mut ids = self.containers("broker").await?;
             ids.extend(self.containers("executor").await?);
-            let mut args = vec!["inspect", "--format", "{{.State.Health.Status}}"];
-            args.extend(ids.iter().map(String::as_str));
-            let states = docker(&args).await.unwrap_or_default();
-            if !ids.is_empty() && states.lines().all(|s| s.trim() == "healthy") {
+            let (healthy, states) = health(&ids).await;
+            if healthy {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -65,13 +65,9 @@ impl Stack {
             "label=com.docker.swarm.service.name={}",
             self.service(service)
         );
-        Ok(docker(&["ps", "-q", "--no-trunc", "--filter", &filter])
-            .await?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect())
+        Ok(crate::ids(
+            &docker(&["ps", "-q", "--no-trunc", "--filter", &filter]).await?,
+        ))
     }
 
     /// Waits until every service runs all its replicas and every container is healthy.
@@ -95,10 +91,8 @@ impl Stack {
                 });
             let mut ids = self.containers("broker").await?;
             ids.extend(self.containers("executor").await?);
-            let mut args = vec!["inspect", "--format", "{{.State.Health.Status}}"];
-            args.extend(ids.iter().map(String::as_str));
-            let states = docker(&args).await.unwrap_or_default();
-            if converged && !ids.is_empty() && states.lines().all(|s| s.trim() == "healthy") {
+            let (healthy, states) = crate::health(&ids).await;
+            if converged && healthy {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -135,12 +135,7 @@ async fn a_partitioned_executor_is_detected_and_taken_back() {
     let connected = Instant::now();
     let before = jobs_on(&project, &victim).await;
     loop {
-        let batch: Vec<_> = (0..8)
-            .map(|_| client.execute_job(busy(Duration::from_millis(20))))
-            .collect();
-        for run in futures::future::join_all(batch).await {
-            check(run).unwrap();
-        }
+        spread_jobs(&client).await;
         if jobs_on(&project, &victim).await > before {
             break;
         }

@@ -84,13 +84,18 @@ pub async fn until_every_executor_works(
             started.elapsed() < within,
             "not every executor took a job within {within:?}: {counts:?}"
         );
-        // Concurrent jobs that each hold a slot a little, so that they spread.
-        let batch: Vec<_> = (0..8)
-            .map(|_| client.execute_job(busy(Duration::from_millis(20))))
-            .collect();
-        for run in futures::future::join_all(batch).await {
-            check(run).unwrap();
-        }
+        spread_jobs(client).await;
+    }
+}
+
+/// Eight concurrent jobs that each hold a slot a little, so that they spread over the
+/// executors; each must succeed.
+pub async fn spread_jobs(client: &Client) {
+    let batch: Vec<_> = (0..8)
+        .map(|_| client.execute_job(busy(Duration::from_millis(20))))
+        .collect();
+    for run in futures::future::join_all(batch).await {
+        check(run).unwrap();
     }
 }
 

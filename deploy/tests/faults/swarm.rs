@@ -45,12 +45,7 @@ async fn the_compose_file_deploys_as_a_swarm_stack() {
                     started.elapsed() < Duration::from_secs(60),
                     "not every executor task took a job: {counts:?}"
                 );
-                let batch: Vec<_> = (0..8)
-                    .map(|_| client.execute_job(busy(Duration::from_millis(20))))
-                    .collect();
-                for run in futures::future::join_all(batch).await {
-                    check(run).unwrap();
-                }
+                spread_jobs(client).await;
             }
         }
     };
