@@ -60,7 +60,8 @@ pub async fn docker(args: &[&str]) -> Result<String> {
     .await
 }
 
-async fn run(command: &mut Command, shown: &str) -> Result<String> {
+/// Runs `command` (shown in errors as `shown`); its stdout, or why it failed.
+pub(crate) async fn run(command: &mut Command, shown: &str) -> Result<String> {
     let out = command
         .kill_on_drop(true)
         .output()
@@ -76,6 +77,23 @@ async fn run(command: &mut Command, shown: &str) -> Result<String> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What `enclave-broker fingerprint` printed.
+fn parse_fingerprint(printed: &str) -> Result<Fingerprint> {
+    printed
+        .trim()
+        .parse()
+        .map_err(|e| DeployError::Unexpected(format!("fingerprint `{}`: {e}", printed.trim())))
+}
+
+/// A client of the broker at `server`, pinned to `pin`.
+async fn connect(server: &str, pin: Fingerprint) -> Result<Client> {
+    Client::builder(server)
+        .pin(pin)
+        .connect()
+        .await
+        .map_err(|e| DeployError::Unexpected(format!("connecting to the broker: {e}")))
 }
 
 /// Container ids, one per line of `docker ... -q` output.
@@ -212,19 +230,13 @@ impl Project {
         let out = self
             .compose(&["exec", "-T", "broker", "/enclave-broker", "fingerprint"])
             .await?;
-        out.trim()
-            .parse()
-            .map_err(|e| DeployError::Unexpected(format!("fingerprint `{}`: {e}", out.trim())))
+        parse_fingerprint(&out)
     }
 
     /// A client of the broker from the host, pinned to the broker's key.
     pub async fn client(&self) -> Result<Client> {
         let pin = self.fingerprint().await?;
-        Client::builder(format!("http://127.0.0.1:{}", self.grpc_port))
-            .pin(pin)
-            .connect()
-            .await
-            .map_err(|e| DeployError::Unexpected(format!("connecting to the broker: {e}")))
+        connect(&format!("http://127.0.0.1:{}", self.grpc_port), pin).await
     }
 
     /// The `executors` network's full name (compose prefixes the project's).

@@ -29,28 +29,19 @@ impl Stack {
             made_swarm,
         };
         let file = repository().join("docker-compose.yml");
-        let out = tokio::process::Command::new("docker")
-            .args(["stack", "deploy", "-c"])
-            .arg(&file)
-            .arg(name)
-            .current_dir(repository())
-            // Ports of its own: the mesh publishes them on every address of the node.
-            .env("ENCLAVE_GRPC_PORT", crate::free_port().to_string())
-            .env("ENCLAVE_HTTP_PORT", crate::free_port().to_string())
-            .env("ENCLAVE_TAG", crate::tag())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|error| DeployError::Spawn {
-                command: "docker stack deploy".into(),
-                error,
-            })?;
-        if !out.status.success() {
-            return Err(DeployError::Failed {
-                command: "docker stack deploy".into(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
+        crate::run(
+            tokio::process::Command::new("docker")
+                .args(["stack", "deploy", "-c"])
+                .arg(&file)
+                .arg(name)
+                .current_dir(repository())
+                // Ports of its own: the mesh publishes them on every address of the node.
+                .env("ENCLAVE_GRPC_PORT", crate::free_port().to_string())
+                .env("ENCLAVE_HTTP_PORT", crate::free_port().to_string())
+                .env("ENCLAVE_TAG", crate::tag()),
+            "docker stack deploy",
+        )
+        .await?;
         stack.wait_healthy(Duration::from_secs(90)).await?;
         Ok(stack)
     }
@@ -120,10 +111,7 @@ impl Stack {
             .next()
             .ok_or_else(|| DeployError::Unexpected("no broker container".into()))?;
         let out = docker(&["exec", &broker, "/enclave-broker", "fingerprint"]).await?;
-        let pin: Fingerprint = out
-            .trim()
-            .parse()
-            .map_err(|e| DeployError::Unexpected(format!("fingerprint `{}`: {e}", out.trim())))?;
+        let pin = crate::parse_fingerprint(&out)?;
         let endpoints = docker(&[
             "network",
             "inspect",
@@ -141,11 +129,7 @@ impl Stack {
             .ok_or_else(|| {
                 DeployError::Unexpected("the broker is not on docker_gwbridge".into())
             })?;
-        let client = Client::builder(format!("http://{ip}:7700"))
-            .pin(pin)
-            .connect()
-            .await
-            .map_err(|e| DeployError::Unexpected(format!("connecting to the broker: {e}")))?;
+        let client = crate::connect(&format!("http://{ip}:7700"), pin).await?;
         Ok((broker, pin, client))
     }
 }
