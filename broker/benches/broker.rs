@@ -4,7 +4,9 @@
 //! - handshakes/s over gRPC for X25519 and P-256;
 //! - sealed `return 1+1` latency (p50/p99) through the broker and one remote executor;
 //! - jobs/s with 64 concurrent clients, each on its own session;
-//! - memory per idle session.
+//! - memory per idle session;
+//! - what metrics and traces cost: sealed latency as deployed with `--metrics-listen` and
+//!   `--otlp-endpoint` (exporting to a collector in this process) against without.
 //!
 //! Latency and throughput are measured with client, broker and executor in this one
 //! process (sharing its two worker threads); as deployed, against the real
@@ -12,7 +14,7 @@
 //! against the `enclave-broker` binary alone, running jobs in its embedded executor.
 //!
 //! `cargo bench -p enclave-broker -- NAME` runs only the parts whose name contains NAME
-//! (`handshakes`, `direct`, `one-process`, `deployed`, `embedded`, `memory`), e.g. to
+//! (`handshakes`, `direct`, `one-process`, `deployed`, `embedded`, `memory`, `observed`), e.g. to
 //! profile one; `BENCH_JOBS=N` sets how many sequential jobs the latency figures take (3,000).
 
 use std::net::SocketAddr;
@@ -34,6 +36,10 @@ use enclave_proto::v1::{
 use enclave_proto::{ClientConfig, ClientHandshake, ClientSession, Fingerprint, IdentityKey};
 use prost::Message;
 use tonic::transport::Channel;
+
+#[path = "../tests/e2e/collector.rs"]
+#[allow(dead_code)]
+mod collector;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -70,6 +76,47 @@ async fn bench() {
     if wanted("memory") {
         idle_session_memory();
     }
+    if wanted("observed") {
+        observability_overhead().await;
+    }
+}
+
+/// Sealed latency as deployed (broker + 1 remote executor) with metrics and traces on,
+/// against the same deployment without: rounds alternate between the two, so that the
+/// machine's drift hits both alike.
+async fn observability_overhead() {
+    let collector = collector::Collector::start().await;
+    let otlp = collector.endpoint();
+    let observed = [
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        otlp.as_str(),
+    ];
+    let plain = Deployed::start_with(None, true, &[]);
+    let traced = Deployed::start_with(None, true, &observed);
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        for (deployed, p50s, name) in [(&plain, &mut off, "off"), (&traced, &mut on, "on")] {
+            let processes = [
+                ("broker", deployed.children.last().unwrap().id()),
+                ("executor", deployed.children[0].id()),
+            ];
+            let label = format!("observed, metrics and traces {name}, round {}", round + 1);
+            let rpc = connect(deployed.broker).await;
+            p50s.push(sequential_latency(&label, rpc, deployed.fingerprint, &processes).await);
+        }
+    }
+    let median = |p50s: &mut Vec<f64>| {
+        p50s.sort_by(f64::total_cmp);
+        p50s[p50s.len() / 2]
+    };
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!(
+        "[observed] p50 with metrics and traces on {on:.0} µs, off {off:.0} µs: {:+.1}% ({} spans exported)",
+        (on / off - 1.0) * 100.0,
+        collector.spans().len()
+    );
 }
 
 /// Client, broker and executor in this process; they stay up (idle) until it exits.
@@ -253,13 +300,13 @@ async fn latency_and_throughput(
 }
 
 /// Sealed `return 1+1` jobs one after the other: p50/p99, and the CPU time each of
-/// `processes` spent per job.
+/// `processes` spent per job. Returns the p50 in µs.
 async fn sequential_latency(
     label: &str,
     rpc: BrokerClient<Channel>,
     pin: Fingerprint,
     processes: &[(&str, u32)],
-) {
+) -> f64 {
     let mut client = Sealed::new(rpc, pin).await;
     for _ in 0..300 {
         client.execute("return 1+1").await;
@@ -295,6 +342,7 @@ async fn sequential_latency(
     // Latency well above the CPU time spent means the job waits: on wake-ups between
     // threads and processes, not on work.
     println!("    CPU time per job: {}", cpu.join(", "));
+    pct(0.5)
 }
 
 async fn connect(addr: SocketAddr) -> BrokerClient<Channel> {
@@ -320,6 +368,11 @@ impl Deployed {
     /// The broker, and before it a remote executor if `remote_executor` (the broker's
     /// embedded one otherwise).
     fn start(worker_threads: Option<usize>, remote_executor: bool) -> Deployed {
+        Deployed::start_with(worker_threads, remote_executor, &[])
+    }
+
+    /// [`Deployed::start`] with `args` given to both binaries.
+    fn start_with(worker_threads: Option<usize>, remote_executor: bool, args: &[&str]) -> Deployed {
         let dir = TempDir::new();
         let mut children = Vec::new();
         let workers = |command: &mut Command| {
@@ -336,11 +389,12 @@ impl Deployed {
                 "off",
                 "--identity",
             ])
-            .arg(dir.0.join("broker.key"));
+            .arg(dir.0.join("broker.key"))
+            .args(args);
         workers(&mut broker);
         if remote_executor {
             let mut executor = Command::new(executor_binary());
-            workers(executor.args(["--listen", "127.0.0.1:0"]));
+            workers(executor.args(["--listen", "127.0.0.1:0"]).args(args));
             let line = spawn_until(
                 &mut executor,
                 &dir.0.join("executor.log"),

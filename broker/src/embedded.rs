@@ -38,12 +38,15 @@ impl Embedded {
         }
     }
 
-    fn start_job(&self, job: Job) -> Result<StartedJob, StartError> {
-        let running = self.jobs.start(job).map_err(|refusal| match refusal {
-            Refusal::Invalid(m) => StartError::Invalid(m),
-            Refusal::Busy(m) => StartError::Busy(m),
-            Refusal::Draining(m) => StartError::Unavailable(m),
-        })?;
+    fn start_job(&self, job: Job, span: &tracing::Span) -> Result<StartedJob, StartError> {
+        let running = self
+            .jobs
+            .start(job, tracing::info_span!(parent: span, "run"))
+            .map_err(|refusal| match refusal {
+                Refusal::Invalid(m) => StartError::Invalid(m),
+                Refusal::Busy(m) => StartError::Busy(m),
+                Refusal::Draining(m) => StartError::Unavailable(m),
+            })?;
         let tool_results = running.tool_results();
         let events = running.map(|item| {
             item.map_err(|fault| format!("the sandbox refused a tool result: {fault}"))
@@ -58,8 +61,13 @@ impl Embedded {
 }
 
 impl Backend for Embedded {
-    fn start(&self, job: Job) -> BoxFuture<'_, Result<StartedJob, StartError>> {
-        Box::pin(async move { self.start_job(job) })
+    fn start(
+        &self,
+        job: Job,
+        span: &tracing::Span,
+    ) -> BoxFuture<'_, Result<StartedJob, StartError>> {
+        let started = self.start_job(job, span);
+        Box::pin(async move { started })
     }
 
     fn describe(&self) -> String {

@@ -21,6 +21,7 @@ use futures::stream::FuturesUnordered;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::config::{Config, JobsConfig};
 use crate::embedded::EmbeddedError;
@@ -252,7 +253,10 @@ impl Broker {
         let requested = Limits::requested(job.level(), job.limits.as_ref());
         let timeout = requested.timeout.min(MAX_JOB_TIMEOUT);
         let started_at = Instant::now();
-        let mut started = match self.backend.start(job).await {
+        // The caller opened the job's span (with its trace context): the executor's
+        // spans join it, and waiting for a slot on one is its own.
+        let start = self.backend.start(job, &tracing::Span::current());
+        let mut started = match start.instrument(tracing::info_span!("queue")).await {
             Ok(started) => started,
             Err(e) => {
                 tracing::warn!(error = %e, "job not started");
@@ -375,12 +379,13 @@ impl Broker {
                         let tools = &self.tools;
                         let metrics = &self.metrics;
                         let job_deadline = budget.job_deadline;
+                        let label = tools.metric_label(&call.name);
                         pending.push(async move {
                             let began = Instant::now();
                             let outcome = tools.call(secrets, &call.name, &call.args_json, job_deadline).await;
-                            metrics.tool_call(tools.metric_label(&call.name), &outcome, began.elapsed());
+                            metrics.tool_call(label, &outcome, began.elapsed());
                             (call.call_id, call.name, outcome)
-                        });
+                        }.instrument(tracing::info_span!("tool call", tool = label)));
                     }
                     Some(Ok(Event::Final(final_event))) => return Ok(scrub_final(secrets, final_event)),
                     Some(Err(reason)) => {

@@ -129,9 +129,8 @@ struct ServeArgs {
     /// Keep it on a private network: it tells the job rate and outcomes.
     #[arg(long, env = "ENCLAVE_METRICS_LISTEN", default_value = "off")]
     metrics_listen: enclave_server::metrics::MetricsListen,
-    /// Log lines as text, or as one JSON object each (for log shippers).
-    #[arg(long, env = "ENCLAVE_LOG_FORMAT", value_enum, default_value_t)]
-    log_format: enclave_server::runtime::LogFormat,
+    #[command(flatten)]
+    telemetry: enclave_server::telemetry::TelemetryArgs,
     #[command(flatten)]
     connection: enclave_server::listener::ConnectionArgs,
     /// Seconds for a whole request body to arrive.
@@ -167,7 +166,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    enclave_server::runtime::init_logging(cli.serve.log_format);
+    let traced_as = cli.command.is_none().then_some("enclave-broker");
+    let telemetry = enclave_server::telemetry::init(&cli.serve.telemetry, traced_as)?;
     match cli.command {
         Some(Command::Keygen { path }) => {
             let key = enclave_proto::keys::keygen(&path)
@@ -183,7 +183,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Healthcheck) => healthcheck(&cli.serve).await.map_err(anyhow::Error::msg),
-        None => serve(cli.serve).await,
+        None => {
+            let served = serve(cli.serve).await;
+            telemetry.shutdown().await;
+            served
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::jobs::{Broker, JobFailure};
-use crate::pool::Backend;
+use crate::pool::{Backend, Health};
 use crate::session::SessionStore;
 use crate::tools::{ToolError, ToolErrorKind};
 
@@ -387,16 +387,18 @@ impl Collector for PoolMetrics {
             // Embedded mode: the executor's own metrics tell.
             return Ok(());
         }
-        let healthy = executors.iter().filter(|e| e.is_healthy()).count();
+        let count =
+            |state: fn(&Health) -> bool| executors.iter().filter(|e| state(&e.health)).count();
         let mut family = encoder.encode_descriptor(
             "enclave_broker_executors",
-            "Executors in the pool, by state (healthy, unhealthy: failing health checks or starts)",
+            "Executors in the pool, by state (healthy; unhealthy: failing health checks or starts; draining: shutting down)",
             None,
             MetricType::Gauge,
         )?;
         for (state, count) in [
-            ("healthy", healthy),
-            ("unhealthy", executors.len() - healthy),
+            ("healthy", count(|h| matches!(h, Health::Up))),
+            ("unhealthy", count(|h| matches!(h, Health::Down { .. }))),
+            ("draining", count(|h| matches!(h, Health::Draining { .. }))),
         ] {
             let gauge = ConstGauge::new(count as i64);
             gauge.encode(family.encode_family(&[("state", state)])?)?;

@@ -104,8 +104,13 @@ pub enum StartError {
 /// Runs jobs somewhere.
 pub trait Backend: Send + Sync + 'static {
     /// Starts `job`, retrying wherever that is safe. The job is running when this
-    /// returns `Ok`; dropping the [`StartedJob`] cancels it.
-    fn start(&self, job: Job) -> BoxFuture<'_, Result<StartedJob, StartError>>;
+    /// returns `Ok`; dropping the [`StartedJob`] cancels it. Its spans, wherever it
+    /// runs, are children of `span`.
+    fn start(
+        &self,
+        job: Job,
+        span: &tracing::Span,
+    ) -> BoxFuture<'_, Result<StartedJob, StartError>>;
 
     /// A line for logs and status pages.
     fn describe(&self) -> String;
@@ -141,6 +146,11 @@ pub enum Health {
     Up,
     /// Skipped until this instant (unless nothing else is left) or a passing check.
     Down {
+        until: Instant,
+    },
+    /// Says it is shutting down (its health check answers NOT_SERVING): skipped like a
+    /// down executor, and told apart from one that cannot be reached.
+    Draining {
         until: Instant,
     },
 }
@@ -198,22 +208,36 @@ impl Member {
 
     fn set_health(&self, health: Health) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if *state != health {
-            match health {
-                Health::Up => tracing::info!(executor = %self.endpoint, "executor up"),
-                Health::Down { .. } if *state == Health::Up => {
-                    tracing::warn!(executor = %self.endpoint, "executor down")
-                }
-                Health::Down { .. } => {}
+        match (*state, health) {
+            (Health::Up, Health::Up) => {}
+            (_, Health::Up) => tracing::info!(executor = %self.endpoint, "executor up"),
+            (Health::Up, Health::Down { .. }) => {
+                tracing::warn!(executor = %self.endpoint, "executor down")
             }
+            (Health::Draining { .. }, Health::Draining { .. }) => {}
+            (_, Health::Draining { .. }) => {
+                tracing::info!(executor = %self.endpoint, "executor draining")
+            }
+            _ => {}
         }
         *state = health;
+    }
+
+    /// A job could not start on it: skipped until `until`, still draining if it was
+    /// (what refused the job was the drain).
+    fn set_down(&self, until: Instant) {
+        let draining = matches!(self.health(), Health::Draining { .. });
+        self.set_health(if draining {
+            Health::Draining { until }
+        } else {
+            Health::Down { until }
+        });
     }
 
     fn is_up(&self, now: Instant) -> bool {
         match self.health() {
             Health::Up => true,
-            Health::Down { until } => now >= until,
+            Health::Down { until } | Health::Draining { until } => now >= until,
         }
     }
 }
@@ -253,6 +277,9 @@ struct Shared {
     /// `config.ca_file`, loaded once.
     tls: Option<ClientTlsConfig>,
     members: RwLock<Vec<Arc<Member>>>,
+    /// Held while a job picks its executor and counts itself there, so that jobs
+    /// arriving together see each other's picks and spread out.
+    picking: Mutex<()>,
 }
 
 /// Executors reached over gRPC. Cheap to clone; background tasks (DNS refresh, health
@@ -277,6 +304,7 @@ impl RemotePool {
             config: config.clone(),
             tls,
             members: RwLock::new(Vec::new()),
+            picking: Mutex::new(()),
         });
         let pool = RemotePool { shared };
         for endpoint in &config.endpoints {
@@ -376,8 +404,14 @@ impl RemotePool {
     }
 
     /// The least loaded executor not tried yet for this job: up ones first, then (so a
-    /// job is not refused while a down mark is merely stale) the rest.
-    fn pick(&self, tried: &HashSet<String>) -> Option<Arc<Member>> {
+    /// job is not refused while a down mark is merely stale) the rest. The job counts
+    /// against it from here on, as long as the returned guard lives.
+    fn pick(&self, tried: &HashSet<String>) -> Option<InFlight> {
+        let _picking = self
+            .shared
+            .picking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let candidates: Vec<Arc<Member>> = self
             .members()
@@ -402,19 +436,22 @@ impl RemotePool {
         };
         least(candidates.iter().filter(|m| m.is_up(now)).collect())
             .or_else(|| least(candidates.iter().collect()))
+            .map(InFlight::new)
     }
 
-    async fn start_job(&self, job: Job) -> Result<StartedJob, StartError> {
+    /// `trace`: the job's trace context, for the executor.
+    async fn start_job(&self, job: Job, trace: http::HeaderMap) -> Result<StartedJob, StartError> {
         let config = &self.shared.config;
         let mut tried = HashSet::new();
         let mut busy = Vec::new();
         let mut failures = Vec::new();
         for _ in 0..config.max_start_attempts {
-            let Some(member) = self.pick(&tried) else {
+            let Some(in_flight) = self.pick(&tried) else {
                 break;
             };
+            let member = in_flight.0.clone();
             tried.insert(member.endpoint.clone());
-            match self.attempt(&member, job.clone()).await {
+            match self.attempt(in_flight, job.clone(), &trace).await {
                 Ok(started) => return Ok(started),
                 Err(Attempt::Invalid(message)) => return Err(StartError::Invalid(message)),
                 Err(Attempt::Busy(message)) => {
@@ -423,9 +460,7 @@ impl RemotePool {
                 }
                 Err(Attempt::Down(message)) => {
                     tracing::warn!(executor = %member.endpoint, reason = %message, "job could not start; trying another");
-                    member.set_health(Health::Down {
-                        until: Instant::now() + config.down_retry(),
-                    });
+                    member.set_down(Instant::now() + config.down_retry());
                     failures.push(format!("{}: {message}", member.endpoint));
                 }
                 Err(Attempt::Failed(message)) => {
@@ -453,8 +488,13 @@ impl RemotePool {
         )))
     }
 
-    async fn attempt(&self, member: &Arc<Member>, job: Job) -> Result<StartedJob, Attempt> {
-        let in_flight = InFlight::new(member.clone());
+    async fn attempt(
+        &self,
+        in_flight: InFlight,
+        job: Job,
+        trace: &http::HeaderMap,
+    ) -> Result<StartedJob, Attempt> {
+        let member = &in_flight.0;
         let max_tool_calls = Limits::requested(job.level(), job.limits.as_ref()).max_tool_calls;
         let (results_tx, results_rx) = ToolResults::channel(max_tool_calls);
         let first = RunRequest {
@@ -465,9 +505,11 @@ impl RemotePool {
                 msg: Some(Msg::ToolResult(r)),
             }),
         );
+        let mut request = tonic::Request::new(requests);
+        request.metadata_mut().as_mut().extend(trace.clone());
         let mut client = member.client.clone();
         let timeout = self.shared.config.start_timeout();
-        let response = match tokio::time::timeout(timeout, client.run(requests)).await {
+        let response = match tokio::time::timeout(timeout, client.run(request)).await {
             Err(_) => {
                 return Err(Attempt::Down(format!(
                     "no answer within {} ms",
@@ -544,8 +586,14 @@ fn numbered(stream: tonic::Streaming<RunEvent>) -> EventStream {
 }
 
 impl Backend for RemotePool {
-    fn start(&self, job: Job) -> BoxFuture<'_, Result<StartedJob, StartError>> {
-        Box::pin(self.start_job(job))
+    fn start(
+        &self,
+        job: Job,
+        span: &tracing::Span,
+    ) -> BoxFuture<'_, Result<StartedJob, StartError>> {
+        let mut trace = http::HeaderMap::new();
+        enclave_server::telemetry::inject(span, &mut trace);
+        Box::pin(self.start_job(job, trace))
     }
 
     fn describe(&self) -> String {
@@ -606,17 +654,17 @@ async fn check_health(shared: Weak<Shared>, every: Duration) {
             async move {
                 let request = HealthCheckRequest { service };
                 let mut health = member.health.clone();
-                let serving = matches!(
-                    tokio::time::timeout(HEALTH_CHECK_TIMEOUT, health.check(request)).await,
-                    Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
-                );
-                if serving {
-                    member.set_health(Health::Up);
-                } else {
-                    member.set_health(Health::Down {
-                        until: Instant::now() + down_for,
-                    });
-                }
+                let answer =
+                    tokio::time::timeout(HEALTH_CHECK_TIMEOUT, health.check(request)).await;
+                let until = Instant::now() + down_for;
+                member.set_health(match answer {
+                    Ok(Ok(response)) => match response.get_ref().status() {
+                        ServingStatus::Serving => Health::Up,
+                        ServingStatus::NotServing => Health::Draining { until },
+                        _ => Health::Down { until },
+                    },
+                    _ => Health::Down { until },
+                });
             }
         });
         futures::future::join_all(checks).await;

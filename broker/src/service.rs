@@ -23,6 +23,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument as _, info_span};
 
 use crate::jobs::{Broker, JobEvent, Output};
 use crate::metrics::Refused;
@@ -176,6 +177,7 @@ impl BrokerRpc for BrokerService {
     ) -> Result<Response<SealedRecord>, Status> {
         let (session, seq, job) = self.open_job(request.get_ref(), RecordKind::ExecuteRequest)?;
         let _slot = self.sessions.start_job(&session)?;
+        let span = enclave_server::telemetry::job_span(request.metadata().as_ref());
         let (events_tx, mut events) = mpsc::channel(64);
         let collect = async move {
             let mut console = Vec::new();
@@ -186,7 +188,8 @@ impl BrokerRpc for BrokerService {
             }
             console
         };
-        let (outcome, console) = tokio::join!(self.broker.run_job(job, events_tx), collect);
+        let run = self.broker.run_job(job, events_tx).instrument(span.clone());
+        let (outcome, console) = tokio::join!(run, collect);
         let outcome = match outcome {
             Ok(final_event) => execute_result::Outcome::Final(final_event),
             Err(failure) => execute_result::Outcome::Error(failure.to_job_error()),
@@ -212,12 +215,14 @@ impl BrokerRpc for BrokerService {
                 console: Vec::new(),
             };
         }
-        let sealed = session.protocol().channel().seal_reply(
-            seq,
-            RecordKind::ExecuteResult,
-            0,
-            &result.encode_to_vec(),
-        )?;
+        let sealed = info_span!(parent: &span, "seal").in_scope(|| {
+            session.protocol().channel().seal_reply(
+                seq,
+                RecordKind::ExecuteResult,
+                0,
+                &result.encode_to_vec(),
+            )
+        })?;
         Ok(Response::new(sealed))
     }
 
@@ -229,12 +234,16 @@ impl BrokerRpc for BrokerService {
     ) -> Result<Response<SealedStream>, Status> {
         let (session, seq, job) = self.open_job(request.get_ref(), RecordKind::StreamRequest)?;
         let slot = self.sessions.start_job(&session)?;
+        let span = enclave_server::telemetry::job_span(request.metadata().as_ref());
         let (out, out_rx) = mpsc::channel(64);
         let broker = self.broker.clone();
-        tokio::spawn(async move {
-            stream_job(&broker, &session, seq, job, out).await;
-            drop(slot);
-        });
+        tokio::spawn(
+            async move {
+                stream_job(&broker, &session, seq, job, out).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 
@@ -275,6 +284,7 @@ async fn stream_job(
 ) {
     let mut sealer = StreamSealer::new(seq);
     let mut seal = |event: stream_event::Event| {
+        let _sealing = info_span!("seal").entered();
         let mut protocol = session.protocol();
         sealer
             .seal(protocol.channel(), &StreamEvent { event: Some(event) })

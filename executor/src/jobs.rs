@@ -33,6 +33,7 @@ use futures::Stream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument as _;
 
 use crate::host::CallerFault;
 use crate::limits::Limits;
@@ -148,22 +149,29 @@ impl Jobs {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Once no job runs. Takes every slot to find out: call it only after [`Jobs::drain`].
+    pub async fn until_idle(&self) {
+        let slots = u32::try_from(self.max_jobs()).unwrap_or(u32::MAX);
+        // Closed never: the semaphore lives as long as `self`.
+        let _all = self.slots.acquire_many(slots).await;
+    }
+
     /// Ends every running job now, each with CANCELLED.
     pub fn cancel_all(&self) {
         self.stop.cancel();
     }
 
-    /// Checks `job`, takes a slot and starts it in a task of its own. The job runs
-    /// until it ends or the returned [`RunningJob`] is dropped.
-    pub fn start(&self, job: Job) -> Result<RunningJob, Refusal> {
-        let started = self.admit(job);
+    /// Checks `job`, takes a slot and starts it in a task of its own, in `span`. The job
+    /// runs until it ends or the returned [`RunningJob`] is dropped.
+    pub fn start(&self, job: Job, span: tracing::Span) -> Result<RunningJob, Refusal> {
+        let started = self.admit(job, span);
         if let Err(refusal) = &started {
             self.metrics.refused(refusal);
         }
         started
     }
 
-    fn admit(&self, job: Job) -> Result<RunningJob, Refusal> {
+    fn admit(&self, job: Job, span: tracing::Span) -> Result<RunningJob, Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining(
                 "the executor is shutting down; retry on another".into(),
@@ -185,17 +193,28 @@ impl Jobs {
         let running = self.metrics.started();
         let turn = self.sandbox.turn();
         let job = async move {
-            let outcome = tokio::select! {
+            let ran = tokio::select! {
                 biased;
                 // Dropping the run stops the instance at once, even mid-computation.
-                _ = stopped.cancelled() => Ok(cancelled()),
-                outcome = sandbox.run_in_turn(spec, events_tx, results, turn) => outcome,
+                _ = stopped.cancelled() => None,
+                ran = sandbox.run_in_turn(spec, events_tx, results, turn) => Some(ran),
             };
             // The instance is gone: its slot is free even if nobody reads the outcome.
             drop(permit);
-            running.finished(outcome.as_ref().ok());
+            let outcome = match ran {
+                Some(ran) => {
+                    running.finished(ran.outcome.as_ref().ok(), Some(&ran.cost));
+                    ran.outcome
+                }
+                None => {
+                    let cancelled = cancelled();
+                    running.finished(Some(&cancelled), None);
+                    Ok(cancelled)
+                }
+            };
             let _ = outcome_tx.send(outcome);
-        };
+        }
+        .instrument(span);
         let task = match &self.runtime {
             Some(runtime) => runtime.spawn(job),
             None => tokio::spawn(job),

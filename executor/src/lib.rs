@@ -18,6 +18,7 @@
 //! Executors hold no secrets and make no outbound connections: a script reaches the
 //! world only through tool calls, which travel back to the broker on the job's stream.
 
+mod cpu_time;
 mod epoch;
 pub mod host;
 pub mod jobs;

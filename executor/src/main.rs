@@ -80,9 +80,8 @@ struct Args {
     /// Address to serve Prometheus metrics on (`GET /metrics`), or `off` [default: off].
     #[arg(long, env = "ENCLAVE_METRICS_LISTEN", default_value = "off")]
     metrics_listen: enclave_server::metrics::MetricsListen,
-    /// Log lines as text, or as one JSON object each (for log shippers).
-    #[arg(long, env = "ENCLAVE_LOG_FORMAT", value_enum, default_value_t)]
-    log_format: enclave_server::runtime::LogFormat,
+    #[command(flatten)]
+    telemetry: enclave_server::telemetry::TelemetryArgs,
     #[command(flatten)]
     connection: enclave_server::listener::ConnectionArgs,
     /// Threads that run jobs and gRPC [default: one per core]. 1 suits a process per
@@ -107,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = enclave_server::runtime::build(args.worker_threads)
         .context("starting the tokio runtime")?;
     if let Some(Command::Precompile) = cli.command {
-        enclave_server::runtime::init_logging(args.log_format);
+        let _logs = enclave_server::telemetry::init(&args.telemetry, None)?;
         let path = runtime
             .block_on(enclave_executor::sandbox::precompile(&sandbox_config(
                 &args,
@@ -134,7 +133,13 @@ fn sandbox_config(args: &Args) -> SandboxConfig {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    enclave_server::runtime::init_logging(args.log_format);
+    let telemetry = enclave_server::telemetry::init(&args.telemetry, Some("enclave-executor"))?;
+    let served = serve(args).await;
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let tls = enclave_server::tls::load(args.tls_cert.as_deref(), args.tls_key.as_deref(), b"h2")
         .map_err(anyhow::Error::msg)?;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::jobs::Refusal;
+use crate::sandbox::JobCost;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
@@ -33,6 +34,8 @@ pub struct JobMetrics {
     outcomes: Family<Outcome, Counter>,
     duration: Histogram,
     memory: Histogram,
+    instantiate: Histogram,
+    cpu: Histogram,
 }
 
 impl Default for JobMetrics {
@@ -47,6 +50,10 @@ impl Default for JobMetrics {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 1 MiB to 1 GiB.
             memory: Histogram::new(exponential_buckets((1 << 20) as f64, 2.0, 11)),
+            // 10 µs to about 0.3 s.
+            instantiate: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
+            // 100 µs to about 100 s.
+            cpu: Histogram::new(exponential_buckets(0.000_1, 2.0, 21)),
         }
     }
 }
@@ -88,6 +95,16 @@ impl JobMetrics {
             "Peak linear memory of finished jobs",
             self.memory.clone(),
         );
+        registry.register(
+            "enclave_executor_instantiate_seconds",
+            "Time to make a job's sandbox instance from the snapshot",
+            self.instantiate.clone(),
+        );
+        registry.register(
+            "enclave_executor_job_cpu_seconds",
+            "CPU time of finished jobs (instantiation included), whatever they waited for",
+            self.cpu.clone(),
+        );
     }
 
     pub(crate) fn refused(&self, refusal: &Refusal) {
@@ -126,9 +143,16 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// The job's final event, or `None` when the caller broke the protocol.
-    pub(crate) fn finished(mut self, event: Option<&FinalEvent>) {
+    /// The job's final event (`None` when the caller broke the protocol), and what it
+    /// cost when it ran to its end.
+    pub(crate) fn finished(mut self, event: Option<&FinalEvent>, cost: Option<&JobCost>) {
         self.finished = true;
+        if let Some(cost) = cost {
+            self.metrics
+                .instantiate
+                .observe(cost.instantiate.as_secs_f64());
+            self.metrics.cpu.observe(cost.cpu.as_secs_f64());
+        }
         let Some(event) = event else {
             self.metrics.outcome("CALLER_FAULT");
             return;

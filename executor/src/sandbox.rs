@@ -25,7 +25,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use enclave_proto::v1::{
     ErrorCode, FinalEvent, JobError, JobStats, ToolResult, final_event, run_event::Event,
@@ -37,6 +37,7 @@ use wasmtime::{
 };
 use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
 
+use crate::cpu_time;
 use crate::epoch::EpochTicker;
 use crate::host::{self, Breach, CallerFault, JobState};
 use crate::limits::{LimitError, Limits};
@@ -281,6 +282,7 @@ impl Sandbox {
     ) -> Result<FinalEvent, CallerFault> {
         self.run_in_turn(spec, events, tool_results, self.turn())
             .await
+            .outcome
     }
 
     /// A job's place among the running ones, taken when it is admitted: from then on
@@ -296,7 +298,7 @@ impl Sandbox {
         events: mpsc::Sender<Event>,
         tool_results: mpsc::Receiver<ToolResult>,
         mut turn: Turn,
-    ) -> Result<FinalEvent, CallerFault> {
+    ) -> Ran {
         let JobSpec {
             code,
             input_json,
@@ -329,7 +331,9 @@ impl Sandbox {
             }
             Ok(UpdateDeadline::YieldCustom(1, turn.tick()))
         });
-        let run = drive(pool, &mut store).await;
+        let mut instantiate = Duration::ZERO;
+        let (run, cpu) = cpu_time::measured(drive(pool, &mut store, &mut instantiate)).await;
+        let cost = JobCost { instantiate, cpu };
         let state = store.data();
         let stats = JobStats {
             duration_us: state.started.elapsed().as_micros() as u64,
@@ -341,21 +345,51 @@ impl Sandbox {
             Ok(()) => state.reported_outcome(),
             Err(error) => {
                 if let Some(fault) = error.downcast_ref::<CallerFault>() {
-                    return Err(CallerFault(fault.0.clone()));
+                    return Ran {
+                        outcome: Err(CallerFault(fault.0.clone())),
+                        cost,
+                    };
                 }
                 final_event::Outcome::Error(trap_error(&error))
             }
         };
-        Ok(FinalEvent {
-            outcome: Some(outcome),
-            stats: Some(stats),
-        })
+        Ran {
+            outcome: Ok(FinalEvent {
+                outcome: Some(outcome),
+                stats: Some(stats),
+            }),
+            cost,
+        }
     }
 }
 
-/// Instantiates the snapshot in `pool` and runs the job's one guest call.
-async fn drive(pool: &Pool, store: &mut Store<JobState>) -> wasmtime::Result<()> {
-    let instance = pool.pre.instantiate_async(&mut *store).await?;
+/// How a job ended, and what it cost.
+pub(crate) struct Ran {
+    pub outcome: Result<FinalEvent, CallerFault>,
+    pub cost: JobCost,
+}
+
+/// What a job cost the machine, for the executor's metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobCost {
+    /// Making its instance from the snapshot.
+    pub instantiate: Duration,
+    /// CPU time of its thread(s) while they ran it, instantiation included.
+    pub cpu: Duration,
+}
+
+/// Instantiates the snapshot in `pool` (the time it took in `instantiate`) and runs the
+/// job's one guest call.
+async fn drive(
+    pool: &Pool,
+    store: &mut Store<JobState>,
+    instantiate: &mut Duration,
+) -> wasmtime::Result<()> {
+    let began = Instant::now();
+    let instantiating = pool.pre.instantiate_async(&mut *store);
+    let span = tracing::info_span!("sandbox start");
+    let instance = tracing::Instrument::instrument(instantiating, span).await?;
+    *instantiate = began.elapsed();
     let memory = match instance.get_module_export(&mut *store, &pool.exports.memory) {
         Some(Extern::Memory(m)) => m,
         _ => return Err(Breach::internal("guest memory missing").into()),

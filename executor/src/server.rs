@@ -5,9 +5,9 @@
 //! elsewhere). A job's slot is taken when its job arrives, not when its stream opens;
 //! streams that have not sent their job yet are bounded on their own and get
 //! `first_message_timeout` to do it. Draining (SIGTERM) refuses new jobs with
-//! UNAVAILABLE, lets running ones finish within a grace period, then cancels what is
-//! left. Jobs themselves are admitted and run by [`crate::jobs`], as in the broker's
-//! embedded mode.
+//! UNAVAILABLE (health answers NOT_SERVING meanwhile), lets running ones finish within a
+//! grace period, then cancels what is left, and only then closes its connections. Jobs
+//! themselves are admitted and run by [`crate::jobs`], as in the broker's embedded mode.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -158,9 +158,11 @@ impl Executor for ExecutorService {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<EventStream>, Status> {
+        // A child of the broker's job span when the broker sends its `traceparent`.
+        let span = enclave_server::telemetry::job_span(request.metadata().as_ref());
         let mut inbound = request.into_inner();
         let job = self.first_job(&mut inbound).await?;
-        let running = self.jobs.start(job)?;
+        let running = self.jobs.start(job, span)?;
         let (fault_tx, fault) = oneshot::channel();
         let finished = CancellationToken::new();
         // A task of its own, so tool results are taken off the connection as they come
@@ -355,6 +357,11 @@ pub async fn serve_on(
             tracing::warn!("drain grace period over: cancelling remaining jobs");
             jobs.cancel_all();
         });
+        // Still answering while jobs run: health says NOT_SERVING and new jobs get
+        // UNAVAILABLE at once, so brokers see a drain, not a dead executor, and retry
+        // elsewhere without waiting for a connect timeout. Connections close after.
+        service.jobs.until_idle().await;
+        tracing::info!("drained: closing connections");
     };
     listener::serve(
         listener,

@@ -53,7 +53,21 @@ pub async fn grpc(addr: SocketAddr, service: &str) -> Result<(), String> {
 
 /// `GET path` at `addr` (plaintext HTTP/1.1) answers 200.
 pub async fn http(addr: SocketAddr, path: &str) -> Result<(), String> {
-    let check = async {
+    get(addr, path).await.map(drop)
+}
+
+/// An answer to [`get`]: 200, its head and its body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status line and headers, as sent.
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` at `addr` (plaintext HTTP/1.1, the connection closed after it): the answer
+/// when it is a 200. Also how tests and deployments read a `/metrics` page.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, String> {
+    let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
@@ -62,20 +76,23 @@ pub async fn http(addr: SocketAddr, path: &str) -> Result<(), String> {
             .write_all(request.as_bytes())
             .await
             .map_err(|e| format!("GET {path} at {addr}: {e}"))?;
-        let mut head = [0u8; 12];
+        let mut response = Vec::new();
         stream
-            .read_exact(&mut head)
+            .read_to_end(&mut response)
             .await
             .map_err(|e| format!("GET {path} at {addr}: {e}"))?;
-        match &head {
-            b"HTTP/1.1 200" => Ok(()),
-            other => Err(format!(
-                "GET {path} at {addr}: {}",
-                String::from_utf8_lossy(other)
-            )),
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        if !head.starts_with("HTTP/1.1 200") {
+            let status = head.lines().next().unwrap_or("no answer");
+            return Err(format!("GET {path} at {addr}: {status}"));
         }
+        Ok(Answer {
+            head: head.to_owned(),
+            body: body.to_owned(),
+        })
     };
-    tokio::time::timeout(TIMEOUT, check)
+    tokio::time::timeout(TIMEOUT, fetch)
         .await
         .map_err(|_| format!("no HTTP answer from {addr} within {TIMEOUT:?}"))?
 }

@@ -596,6 +596,12 @@ async fn connection<S, B>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
+            // Drained: a peer that does not take the GOAWAY and go (does not answer its
+            // ping, keeps the connection open) cannot keep the server from stopping.
+            _ = no_request_in_flight(&state), if draining && !closing => {
+                closing = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
             _ = idle(&connections, &state), if !closing && !draining => {
                 connections.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                 // A peer that never completed a request has nothing to drain (and an
@@ -611,6 +617,17 @@ async fn connection<S, B>(
             }
             _ = grace.as_mut(), if closing => return,
         }
+    }
+}
+
+/// Resolves once the connection has no request in flight.
+async fn no_request_in_flight(state: &ConnState) {
+    loop {
+        let activity = state.activity.notified();
+        if state.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        activity.await;
     }
 }
 

@@ -42,6 +42,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use zeroize::Zeroizing;
 
+use tracing::{Instrument as _, info_span};
+
 use super::Peer;
 use crate::jobs::{Broker, JobEvent, JobFailure, Output};
 use crate::session::{JobSlot, Session, SessionError, SessionStore, Source};
@@ -443,10 +445,17 @@ async fn execute(
         }
         console
     };
-    let (outcome, console) = tokio::join!(api.broker.run_job(legacy_job(code), events_tx), collect);
+    let span = enclave_server::telemetry::job_span(&headers);
+    let run = api
+        .broker
+        .run_job(legacy_job(code), events_tx)
+        .instrument(span.clone());
+    let (outcome, console) = tokio::join!(run, collect);
     let mut result = execution_result(&outcome);
     result["console"] = Value::Array(console);
-    match session.state().seal(result.to_string().as_bytes()) {
+    let sealed = info_span!(parent: &span, "seal")
+        .in_scope(|| session.state().seal(result.to_string().as_bytes()));
+    match sealed {
         Ok(sealed) => json_ok(sealed.to_string()),
         Err(e) => e.into_response(),
     }
@@ -464,10 +473,14 @@ async fn execute_stream(
     };
     let (out, lines) = mpsc::channel::<Bytes>(STREAM_BUFFER);
     let broker = api.broker.clone();
-    tokio::spawn(async move {
-        stream_job(&broker, session.state(), legacy_job(code), out).await;
-        drop(slot);
-    });
+    let span = enclave_server::telemetry::job_span(&headers);
+    tokio::spawn(
+        async move {
+            stream_job(&broker, session.state(), legacy_job(code), out).await;
+            drop(slot);
+        }
+        .instrument(span),
+    );
     let body = Body::from_stream(ReceiverStream::new(lines).map(Ok::<_, Infallible>));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -484,6 +497,7 @@ async fn execute_stream(
 /// goes away: hyper drops the body, so `out` closes.
 async fn stream_job(broker: &Broker, session: &LegacyKeys, job: Job, out: mpsc::Sender<Bytes>) {
     let line = |event: Value| -> Bytes {
+        let _sealing = info_span!("seal").entered();
         match session.seal(event.to_string().as_bytes()) {
             Ok(sealed) => Bytes::from(format!("{sealed}\n")),
             // Nothing sensible can be encrypted: an empty line, which readers skip.

@@ -12,7 +12,7 @@ use std::future::ready;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use enclave_proto::v1::broker_server::Broker as BrokerRpc;
 use enclave_proto::v1::{HandshakeRequest, SealedRecord};
@@ -37,10 +37,15 @@ pub(super) async fn handshake(
 pub(super) async fn execute(
     State(api): State<HttpApi>,
     peer: Peer,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
-    answer(api.service().execute(call(peer, record)).await)
+    answer(
+        api.service()
+            .execute(traced(call(peer, record), &headers))
+            .await,
+    )
 }
 
 pub(super) async fn close_session(
@@ -70,6 +75,17 @@ fn call<T>(peer: Peer, message: T) -> Request<T> {
     request
 }
 
+/// `request` with the client's trace context (W3C `traceparent` and `tracestate`), as a
+/// gRPC client would send it in metadata.
+fn traced<T>(mut request: Request<T>, headers: &HeaderMap) -> Request<T> {
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers.get(name) {
+            request.metadata_mut().as_mut().insert(name, value.clone());
+        }
+    }
+    request
+}
+
 /// `POST /v1/execute/stream`: one `SealedRecord` per line as the service produces them.
 ///
 /// Backpressure: the body is pulled only as fast as the socket takes it, so the
@@ -79,12 +95,13 @@ fn call<T>(peer: Peer, message: T) -> Request<T> {
 pub(super) async fn execute_stream(
     State(api): State<HttpApi>,
     peer: Peer,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let record: SealedRecord = parse(body, "SealedRecord")?;
     let records = api
         .service()
-        .execute_stream(call(peer, record))
+        .execute_stream(traced(call(peer, record), &headers))
         .await
         .map_err(ApiError::from)?
         .into_inner();

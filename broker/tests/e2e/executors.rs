@@ -23,10 +23,10 @@ fn executor_binary() -> std::path::PathBuf {
 }
 
 /// An executor child process, killed when dropped.
-struct Executor {
-    child: Child,
+pub struct Executor {
+    pub child: Child,
     /// Its "executor serving" log line.
-    serving: String,
+    pub serving: String,
 }
 
 impl Drop for Executor {
@@ -45,14 +45,16 @@ fn free_port() -> u16 {
 }
 
 async fn start_executor() -> (Executor, u16) {
-    start_executor_with(&[]).await
+    start_executor_with(&[], &[]).await
 }
 
-async fn start_executor_with(args: &[&str]) -> (Executor, u16) {
+/// An executor serving on a loopback port, with these flags and environment.
+pub async fn start_executor_with(args: &[&str], env: &[(&str, &str)]) -> (Executor, u16) {
     let port = free_port();
     let mut child = Command::new(executor_binary())
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         // One compiled guest snapshot for every process the tests start.
@@ -201,7 +203,7 @@ async fn one_worker_thread_embedded() {
 
 #[tokio::test]
 async fn one_worker_thread_broker_and_executor() {
-    let (executor, port) = start_executor_with(&["--worker-threads", "1"]).await;
+    let (executor, port) = start_executor_with(&["--worker-threads", "1"], &[]).await;
     assert!(
         has_field(&executor.serving, "worker_threads=1"),
         "{}",

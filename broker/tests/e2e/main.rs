@@ -5,6 +5,7 @@ mod support;
 
 mod attacks;
 mod auth;
+mod collector;
 mod connections;
 mod executors;
 mod floods;
@@ -12,3 +13,4 @@ mod memory;
 mod operate;
 mod secrets;
 mod sessions;
+mod traces;

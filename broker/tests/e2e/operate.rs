@@ -147,6 +147,8 @@ async fn metrics_count_exactly_what_happened() {
             1.0,
         ),
         ("enclave_executor_jobs_running", 0.0),
+        ("enclave_executor_instantiate_seconds_count", 4.0),
+        ("enclave_executor_job_cpu_seconds_count", 4.0),
     ];
     for (key, value) in expected {
         assert_eq!(got.get(key), Some(&value), "{key} in\n{text}");
@@ -163,6 +165,9 @@ async fn metrics_count_exactly_what_happened() {
         }
     }
     assert!(got["enclave_connections_accepted_total"] >= 1.0, "{text}");
+    // The TIMEOUT job spun for its 100 ms: CPU time, not just wall time.
+    let cpu = got["enclave_executor_job_cpu_seconds_sum"];
+    assert!((0.05..5.0).contains(&cpu), "{cpu} s of CPU");
     // No label carries a session id, script text or argument.
     assert!(!text.contains("while (true)") && !text.contains("no such tool"));
     promtool_accepts(&text);
@@ -190,7 +195,17 @@ async fn json_logs_parse_and_tell_how_a_job_went_not_what_it_did() {
          console.log('{MARKER}', key);
          return '{MARKER}';"
     );
-    assert_eq!(value(&raw.execute(&code).await.unwrap()), json!(MARKER));
+    // With the client's trace context: the job's line names its trace.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(raw.seal(RecordKind::ExecuteRequest, job(&code)));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-b7ad6b7169203331-01").parse().unwrap(),
+    );
+    assert_eq!(
+        value(&raw.send_request(request).await.unwrap()),
+        json!(MARKER)
+    );
 
     let finished = broker
         .log_with("job finished")
@@ -203,6 +218,7 @@ async fn json_logs_parse_and_tell_how_a_job_went_not_what_it_did() {
     assert_eq!(finished["fields"]["outcome"], "OK", "{finished}");
     assert_eq!(finished["fields"]["tool_calls"], 2, "{finished}");
     assert!(finished["fields"]["elapsed_ms"].is_u64(), "{finished}");
+    assert_eq!(finished["span"]["trace_id"], trace, "{finished}");
 
     let log = broker.log();
     for line in log.lines() {

@@ -168,28 +168,24 @@ impl Broker {
 
     /// `GET /metrics` on the address the serving line gives (`--metrics-listen`).
     pub async fn scrape_metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let line = self.serving_line();
         let addr = line
             .split("metrics_addr=")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .expect("the serving line gives the metrics address");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: broker\r\nconnection: close\r\n\r\n")
+        let answer = enclave_server::healthcheck::get(addr.parse().unwrap(), "/metrics")
             .await
             .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(
-            head.to_ascii_lowercase()
+            answer
+                .head
+                .to_ascii_lowercase()
                 .contains("content-type: text/plain; version=0.0.4"),
-            "{head}"
+            "{}",
+            answer.head
         );
-        body.to_owned()
+        answer.body
     }
 
     /// The log once it holds `needle` (a thread reads it from the broker's pipe, so a
@@ -302,8 +298,16 @@ impl Raw {
     }
 
     pub async fn send(&mut self, record: SealedRecord) -> Result<ExecuteResult, tonic::Status> {
-        let seq = record.seq;
-        let reply = self.rpc.execute(record).await?.into_inner();
+        self.send_request(tonic::Request::new(record)).await
+    }
+
+    /// [`Raw::send`] with the request's metadata as given (a `traceparent`, say).
+    pub async fn send_request(
+        &mut self,
+        request: tonic::Request<SealedRecord>,
+    ) -> Result<ExecuteResult, tonic::Status> {
+        let seq = request.get_ref().seq;
+        let reply = self.rpc.execute(request).await?.into_inner();
         let plain = self
             .session
             .channel()

@@ -428,3 +428,34 @@ async fn a_client_that_goes_away_cancels_its_stream() {
         }
     }
 }
+
+/// A `traceparent` header does for an HTTP job what it does in gRPC metadata: the job's
+/// log line names the client's trace.
+#[tokio::test]
+async fn a_traceparent_header_names_the_jobs_trace() {
+    let broker = Broker::start(&[]);
+    let mut client = V1::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    let trace = "5b8efff798038103d269b633813fc60c";
+    for path in ["/v1/execute", "/v1/execute/stream"] {
+        let kind = if path.ends_with("stream") {
+            RecordKind::StreamRequest
+        } else {
+            RecordKind::ExecuteRequest
+        };
+        let record = client.seal(kind, job("return 1"));
+        let (status, _) = post(
+            &broker.url(path),
+            &serde_json::to_string(&record).unwrap(),
+            &[("traceparent", &format!("00-{trace}-eee19b7ec3c1b174-01"))],
+        )
+        .await;
+        assert_eq!(status, 200, "{path}");
+    }
+    broker.jobs_finished(2).await;
+    let log = broker.log();
+    let named = log
+        .lines()
+        .filter(|l| l.contains("job finished") && l.contains(&format!("trace_id={trace}")))
+        .count();
+    assert_eq!(named, 2, "{log}");
+}

@@ -156,7 +156,7 @@ async fn executors_found_by_dns_name() {
 }
 
 #[tokio::test]
-async fn a_draining_executor_is_marked_down_by_health_checks() {
+async fn a_draining_executor_is_skipped_and_counted_as_draining() {
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let draining = start_executor_with(
         SandboxConfig {
@@ -171,15 +171,46 @@ async fn a_draining_executor_is_marked_down_by_health_checks() {
     };
     let (broker, pool) = pool_broker(config).await;
     assert_eq!(run_code(&broker, "return 1").await.result(), json!(1));
+    assert!(pool_metrics(&broker).contains("enclave_broker_executors{state=\"healthy\"} 1"));
+    // A running job keeps the executor draining (not yet gone) until it ends.
+    let held = occupy(draining).await;
     stop.send(()).unwrap();
     let started = Instant::now();
-    while pool.executors()[0].health == Health::Up {
+    // Told apart from an executor that cannot be reached: it answers NOT_SERVING.
+    while !matches!(pool.executors()[0].health, Health::Draining { .. }) {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never marked down"
+            started.elapsed() < Duration::from_secs(10),
+            "never marked draining: {:?}",
+            pool.executors()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let metrics = pool_metrics(&broker);
+    assert!(
+        metrics.contains("enclave_broker_executors{state=\"draining\"} 1")
+            && metrics.contains("enclave_broker_executors{state=\"healthy\"} 0")
+            && metrics.contains("enclave_broker_executors{state=\"unhealthy\"} 0"),
+        "{metrics}"
+    );
+    // Skipped: a new job finds no executor to take it, and the executor stays draining.
+    let refused = run_code(&broker, "return 1").await;
+    assert_eq!(refused.failure().kind, FailureKind::Unavailable);
+    assert!(matches!(
+        pool.executors()[0].health,
+        Health::Draining { .. }
+    ));
+    drop(held);
+}
+
+/// The pool's metrics as `/metrics` shows them.
+fn pool_metrics(broker: &enclave_broker::Broker) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(enclave_broker::metrics::PoolMetrics(
+        broker.backend().clone(),
+    )));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
 }
 
 // ---- Executors that die or misbehave mid-job -------------------------------------------

@@ -11,5 +11,6 @@ mod support;
 mod broker;
 mod executors;
 mod neighbour;
+mod operate;
 mod scaling;
 mod swarm;
