@@ -355,6 +355,27 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_traceparent_is_ignored() {
+        let provider = SdkTracerProvider::builder().build();
+        for traces in [None, Some(&provider)] {
+            for value in [
+                "garbage",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-zzzzzzzzzzzzzzzz-01",
+            ] {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("traceparent", value.parse().unwrap());
+                let logs = logged(traces, || {
+                    job_span(&headers).in_scope(|| tracing::info!("job finished"))
+                });
+                assert!(!logs.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{logs}");
+                // Off: no trace id at all; on: a trace of its own.
+                assert_eq!(logs.contains("job{trace_id="), traces.is_some(), "{logs}");
+            }
+        }
+    }
+
+    #[test]
     fn with_traces_on_the_job_is_the_callers_child_and_passes_its_own_context_on() {
         let provider = SdkTracerProvider::builder().build();
         let (logs, injected) = callers_job(Some(&provider));

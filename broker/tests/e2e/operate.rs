@@ -165,9 +165,11 @@ async fn metrics_count_exactly_what_happened() {
         }
     }
     assert!(got["enclave_connections_accepted_total"] >= 1.0, "{text}");
-    // The TIMEOUT job spun for its 100 ms: CPU time, not just wall time.
+    // The TIMEOUT job spun for its 100 ms of wall time: counted as CPU time, even on a
+    // machine busy enough to give it a tenth of a core (the three short jobs together
+    // take about a millisecond).
     let cpu = got["enclave_executor_job_cpu_seconds_sum"];
-    assert!((0.05..5.0).contains(&cpu), "{cpu} s of CPU");
+    assert!((0.01..5.0).contains(&cpu), "{cpu} s of CPU");
     // No label carries a session id, script text or argument.
     assert!(!text.contains("while (true)") && !text.contains("no such tool"));
     promtool_accepts(&text);

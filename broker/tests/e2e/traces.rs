@@ -105,3 +105,36 @@ async fn a_job_is_one_trace_across_broker_and_executor_under_the_clients_span() 
         .find(|l| l.contains("job finished") && l.contains(&format!("trace_id={TRACE}")));
     assert!(line.is_some(), "no job line names the trace:\n{log}");
 }
+
+/// A collector that cannot be reached costs no job, and the operator hears of it: the
+/// exporter's failure is in the broker's log.
+#[tokio::test]
+async fn an_unreachable_collector_is_logged_and_jobs_go_on() {
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let broker = Broker::start_with_env(
+        &["--otlp-endpoint", &format!("http://{nowhere}")],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let mut raw = Raw::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    for _ in 0..3 {
+        assert_eq!(value(&raw.execute("return 1").await.unwrap()), json!(1));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = broker.log();
+        let reported = log.lines().any(|l| {
+            l.contains("opentelemetry") && (l.contains(" WARN ") || l.contains(" ERROR "))
+        });
+        if reported {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exporter failure in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
