@@ -384,6 +384,17 @@ async fn tool_start(
         ));
     }
     let name = String::from_utf8_lossy(&guest_bytes(&caller, name_ptr, name_len)?).into_owned();
+    // A lone surrogate's bytes become replacement characters, up to three times as long:
+    // the limit holds for the name as it leaves, not as the script's bytes.
+    if name.len() > MAX_TOOL_NAME_BYTES {
+        return Err(Breach::new(
+            ErrorCode::ToolCallLimit,
+            format!(
+                "the tool name is {} bytes as UTF-8; the limit is {MAX_TOOL_NAME_BYTES}",
+                name.len()
+            ),
+        ));
+    }
     let args_json =
         String::from_utf8_lossy(&guest_bytes(&caller, args_ptr, args_len)?).into_owned();
     let (args_json, depth) = make_well_formed(args_json);
