@@ -266,12 +266,6 @@ pub struct ExecutorStatus {
     pub health: Health,
 }
 
-impl ExecutorStatus {
-    pub fn is_healthy(&self) -> bool {
-        matches!(self.health, Health::Up)
-    }
-}
-
 struct Shared {
     config: ExecutorsConfig,
     /// `config.ca_file`, loaded once.

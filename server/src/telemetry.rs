@@ -158,11 +158,6 @@ fn tracer_provider(
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn tracing(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still buffered (within a few seconds) and stops exporting.
     pub async fn shutdown(self) {
         let Some(provider) = self.provider else {
