@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/enclave/v1/job.proto",
         "proto/enclave/v1/executor.proto",
         "proto/enclave/v1/broker.proto",
+        "proto/enclave/v1/tools.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -564,7 +564,11 @@ impl Sealed {
             .channel()
             .seal_request(
                 RecordKind::ExecuteRequest,
-                &ExecuteRequest { job: Some(job) }.encode_to_vec(),
+                &ExecuteRequest {
+                    job: Some(job),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
             )
             .unwrap();
         let seq = record.seq;

@@ -69,11 +69,35 @@ pub const DEFAULT_OUTPUT_BUFFER_BYTES: u64 = 1 << 20;
 /// well before a long job's time limit.
 pub const DEFAULT_OUTPUT_STALL_MS: u64 = 10_000;
 
+/// How long a client-provided tool's call waits for the client: a person or a program
+/// answering a lookup does so in seconds; a client that never answers must cost the
+/// script one call, not its whole time limit.
+pub const DEFAULT_CLIENT_TOOL_TIMEOUT_MS: u64 = 10_000;
+/// A tool service's per-call deadline when it sets none: a database query or a search
+/// answers well inside it, and one stuck service still leaves a STANDARD job most of its
+/// 30 s.
+pub const DEFAULT_SERVICE_TIMEOUT_MS: u64 = 10_000;
+/// Calls in flight to one tool service, from all jobs together: a script's
+/// `Promise.all` over a thousand calls must not open a thousand requests to the
+/// integrator's service. Calls past it wait for a turn within their deadline.
+pub const DEFAULT_SERVICE_MAX_CONCURRENCY: u32 = 32;
+/// A tool service's result cap; like `http:fetch`'s, it lands in the script's heap.
+pub const DEFAULT_SERVICE_MAX_RESULT_BYTES: u64 = 1 << 20;
+/// How often a gRPC tool service is asked for its tools again (new tools appear, removed
+/// ones go), and how soon after a failed listing it is asked again.
+pub const DEFAULT_SERVICE_REFRESH_SECS: u64 = 60;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub tools: ToolsConfig,
+    /// `[tool_services.NAME]`: the integrator's own tools, answered by its services.
+    #[serde(default)]
+    pub tool_services: BTreeMap<String, ToolServiceConfig>,
+    /// `[mcp.NAME]`: MCP servers whose tools scripts call as `NAME:tool`.
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpConfig>,
     #[serde(default)]
     pub executors: ExecutorsConfig,
     #[serde(default)]
@@ -129,6 +153,13 @@ impl Config {
             && file.is_relative()
         {
             *file = base_dir.join(&*file);
+        }
+        for service in config.tool_services.values_mut() {
+            if let Some(file) = service.hmac_key_file.as_mut()
+                && file.is_relative()
+            {
+                *file = base_dir.join(&*file);
+            }
         }
         if let Some(file) = config.executors.ca_file.as_mut()
             && file.is_relative()
@@ -216,6 +247,12 @@ impl Config {
                 )));
             }
         }
+        for (name, service) in &self.tool_services {
+            service.validate(name)?;
+        }
+        for (name, server) in &self.mcp {
+            server.validate(name)?;
+        }
         let e = &self.executors;
         if !e.endpoints.is_empty() && e.dns.is_some() {
             return Err(invalid("executors: give `endpoints` or `dns`, not both"));
@@ -251,6 +288,7 @@ impl Config {
         for (name, value) in [
             ("output_buffer_bytes", self.jobs.output_buffer_bytes),
             ("output_stall_ms", self.jobs.output_stall_ms),
+            ("client_tool_timeout_ms", self.jobs.client_tool_timeout_ms),
         ] {
             if value == 0 {
                 return Err(invalid(format!("jobs.{name} must be above zero")));
@@ -454,6 +492,259 @@ pub struct HttpFetchConfig {
     pub max_redirects: u32,
 }
 
+/// `[tool_services.NAME]`: tools answered by a service the integrator runs, over gRPC
+/// (`enclave.v1.ToolService`, proto/proto/enclave/v1/tools.proto) or as an HTTP webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolServiceConfig {
+    /// `http://host:port` of an `enclave.v1.ToolService`; its `List` names the tools.
+    pub grpc: Option<String>,
+    /// `http(s)://...`: each call is a `POST` of JSON to this URL (README.md).
+    pub webhook: Option<String>,
+    /// The names this service answers: `db:query`, or `db:*` for every name with that
+    /// prefix. By default `NAME:*`. A listed tool outside them is ignored, so a service
+    /// can never answer for a built-in or another service's tool.
+    #[serde(default)]
+    pub answers: Vec<String>,
+    /// A webhook's tools (it has no `List`): `[tool_services.NAME.tools."NAME:tool"]`.
+    #[serde(default)]
+    pub tools: BTreeMap<String, DeclaredTool>,
+    #[serde(default = "default_service_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_service_max_concurrency")]
+    pub max_concurrency: u32,
+    #[serde(default = "default_service_max_result")]
+    pub max_result_bytes: u64,
+    /// A webhook's signing key: the environment variable that holds it. Each request
+    /// then carries `X-Enclave-Signature` (README.md), so the service can tell the
+    /// broker's calls from anyone else's.
+    pub hmac_key_env: Option<String>,
+    /// Or the file that holds it (a container secret), relative to this config file.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Readable secrets (`[tools."secrets:get"]`) this service receives as values: the
+    /// broker replaces their handles in its arguments. Any other handle reaches it as
+    /// a handle.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default = "default_service_refresh")]
+    pub refresh_secs: u64,
+}
+
+/// One tool of a webhook service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredTool {
+    pub description: String,
+    /// JSON Schema of the arguments, written in TOML (an inline table or a section).
+    /// None: any arguments.
+    pub input_schema: Option<toml::Value>,
+}
+
+impl ToolServiceConfig {
+    /// The name patterns this service answers, its `answers` or `NAME:*`.
+    pub fn answers(&self, name: &str) -> Vec<String> {
+        if self.answers.is_empty() {
+            vec![format!("{name}:*")]
+        } else {
+            self.answers.clone()
+        }
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let at = format!("tool_services.{name}");
+        match (&self.grpc, &self.webhook) {
+            (Some(url), None) => {
+                let uri: tonic::transport::Uri = url
+                    .parse()
+                    .map_err(|e| invalid(format!("{at}.grpc: `{url}`: {e}")))?;
+                if uri.scheme_str() != Some("http") || uri.port_u16().is_none() {
+                    return Err(invalid(format!(
+                        "{at}.grpc: `{url}` must look like http://host:port (plaintext gRPC inside the deployment)"
+                    )));
+                }
+                if !self.tools.is_empty() {
+                    return Err(invalid(format!(
+                        "{at}.tools: a gRPC service lists its own tools; declare tools only for a webhook"
+                    )));
+                }
+            }
+            (None, Some(url)) => {
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| invalid(format!("{at}.webhook: `{url}`: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(invalid(format!("{at}.webhook: `{url}` must be http(s)://")));
+                }
+                if self.tools.is_empty() {
+                    return Err(invalid(format!(
+                        "{at}: a webhook needs its tools declared, each in a [{at}.tools.\"NAME\"] section with a description"
+                    )));
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{at}: give `grpc` (an enclave.v1.ToolService) or `webhook` (a URL), exactly one"
+                )));
+            }
+        }
+        for pattern in self.answers(name) {
+            let stem = pattern.strip_suffix('*').unwrap_or(&pattern);
+            if stem.is_empty() || stem.contains('*') {
+                return Err(invalid(format!(
+                    "{at}.answers: `{pattern}` must be a tool name, or a prefix followed by one `*` (`db:*`)"
+                )));
+            }
+        }
+        if (self.hmac_key_env.is_some() || self.hmac_key_file.is_some()) && self.grpc.is_some() {
+            return Err(invalid(format!(
+                "{at}.hmac_key_env and hmac_key_file sign webhook requests; a gRPC service has none"
+            )));
+        }
+        if self.hmac_key_env.is_some() && self.hmac_key_file.is_some() {
+            return Err(invalid(format!(
+                "{at}: give hmac_key_env or hmac_key_file, not both"
+            )));
+        }
+        validate_remote_limits(
+            &at,
+            self.timeout_ms,
+            self.max_concurrency,
+            self.refresh_secs,
+            self.max_result_bytes,
+        )
+    }
+}
+
+/// `[mcp.NAME]`: an MCP server (Model Context Protocol) whose tools scripts call as
+/// `NAME:tool`, with the input schemas the server lists. The broker connects at start-up
+/// in the background, lists the tools again every `refresh_secs`, and reconnects (or
+/// restarts the command) when the connection is lost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// `http(s)://host:port/path` of a streamable-HTTP MCP server (`.../mcp` usually).
+    pub url: Option<String>,
+    /// Or a stdio server the broker starts itself: the program and its arguments,
+    /// `["python3", "/srv/mcp/db.py"]`. Not run through a shell. A program without a `/`
+    /// is looked up in `PATH`; a relative path is relative to the broker's working
+    /// directory.
+    pub command: Option<Vec<String>>,
+    /// The command's environment, besides `HOME`, `LOGNAME`, `PATH`, `SHELL`, `TERM` and
+    /// `USER`, which it inherits from the broker. Nothing else of the broker's
+    /// environment reaches it: that may hold secrets (`[tools."secrets:get"] env`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_service_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_service_max_concurrency")]
+    pub max_concurrency: u32,
+    #[serde(default = "default_service_max_result")]
+    pub max_result_bytes: u64,
+    /// Readable secrets (`[tools."secrets:get"]`) this server receives as values: the
+    /// broker replaces their handles in its tools' arguments. Any other handle reaches
+    /// it as a handle.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default = "default_service_refresh")]
+    pub refresh_secs: u64,
+}
+
+/// The environment variables a stdio MCP server inherits from the broker (the set the
+/// official MCP SDKs pass to the servers they start).
+pub const MCP_INHERITED_ENV: [&str; 6] = ["HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER"];
+
+impl McpConfig {
+    /// The names this server's tools get: `NAME:*`.
+    pub fn answers(name: &str) -> Vec<String> {
+        vec![format!("{name}:*")]
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let at = format!("mcp.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err(invalid(format!(
+                "[{at}]: a server's name is letters, digits, `_`, `-` and `.` (its tools are `NAME:tool`)"
+            )));
+        }
+        match (&self.url, &self.command) {
+            (Some(url), None) => {
+                let parsed =
+                    url::Url::parse(url).map_err(|e| invalid(format!("{at}.url: `{url}`: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    return Err(invalid(format!(
+                        "{at}.url: `{url}` must be http(s)://host[:port]/path (a streamable-HTTP MCP endpoint)"
+                    )));
+                }
+                if !self.env.is_empty() {
+                    return Err(invalid(format!(
+                        "{at}.env is the environment of a `command`; a `url` server runs elsewhere"
+                    )));
+                }
+            }
+            (None, Some(command)) => {
+                if command.first().is_none_or(|program| program.is_empty()) {
+                    return Err(invalid(format!(
+                        "{at}.command must name a program: [\"program\", \"arg\", ...]"
+                    )));
+                }
+                if command.iter().any(|part| part.contains('\0')) {
+                    return Err(invalid(format!(
+                        "{at}.command: an argument contains a NUL character"
+                    )));
+                }
+                for (key, value) in &self.env {
+                    if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+                        return Err(invalid(format!(
+                            "{at}.env: `{key}` is not a usable environment variable (a name without `=` or NUL, a value without NUL)"
+                        )));
+                    }
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{at}: give `url` (a streamable-HTTP MCP server) or `command` (a stdio MCP server the broker starts), exactly one"
+                )));
+            }
+        }
+        validate_remote_limits(
+            &at,
+            self.timeout_ms,
+            self.max_concurrency,
+            self.refresh_secs,
+            self.max_result_bytes,
+        )
+    }
+}
+
+/// The limits every remote tool source has (a tool service, an MCP server).
+fn validate_remote_limits(
+    at: &str,
+    timeout_ms: u64,
+    max_concurrency: u32,
+    refresh_secs: u64,
+    max_result_bytes: u64,
+) -> Result<(), ConfigError> {
+    for (field, value) in [
+        ("timeout_ms", timeout_ms),
+        ("max_concurrency", max_concurrency.into()),
+        ("refresh_secs", refresh_secs),
+    ] {
+        if value == 0 {
+            return Err(invalid(format!("{at}.{field} must be above zero")));
+        }
+    }
+    let max = crate::tools::MAX_RESULT_BYTES as u64;
+    if max_result_bytes == 0 || max_result_bytes > max {
+        return Err(invalid(format!(
+            "{at}.max_result_bytes must be between 1 and {max}"
+        )));
+    }
+    Ok(())
+}
+
 /// `[executors]`: where jobs run. Neither `endpoints` nor `dns`: in this process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -572,6 +863,10 @@ pub struct JobsConfig {
     /// it ends with OUTPUT_STALLED.
     #[serde(default = "default_output_stall_ms")]
     pub output_stall_ms: u64,
+    /// How long one call of a client-provided tool waits for the client's answer
+    /// (within the job's own time limit).
+    #[serde(default = "default_client_tool_timeout_ms")]
+    pub client_tool_timeout_ms: u64,
 }
 
 impl Default for JobsConfig {
@@ -580,6 +875,7 @@ impl Default for JobsConfig {
             deadline_margin_ms: DEFAULT_DEADLINE_MARGIN_MS,
             output_buffer_bytes: DEFAULT_OUTPUT_BUFFER_BYTES,
             output_stall_ms: DEFAULT_OUTPUT_STALL_MS,
+            client_tool_timeout_ms: DEFAULT_CLIENT_TOOL_TIMEOUT_MS,
         }
     }
 }
@@ -591,6 +887,10 @@ impl JobsConfig {
 
     pub fn output_stall(&self) -> Duration {
         Duration::from_millis(self.output_stall_ms)
+    }
+
+    pub fn client_tool_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_tool_timeout_ms)
     }
 }
 
@@ -677,6 +977,21 @@ fn yes() -> bool {
 }
 fn default_tool_timeout() -> u64 {
     DEFAULT_TOOL_TIMEOUT_MS
+}
+fn default_client_tool_timeout_ms() -> u64 {
+    DEFAULT_CLIENT_TOOL_TIMEOUT_MS
+}
+fn default_service_timeout() -> u64 {
+    DEFAULT_SERVICE_TIMEOUT_MS
+}
+fn default_service_max_concurrency() -> u32 {
+    DEFAULT_SERVICE_MAX_CONCURRENCY
+}
+fn default_service_max_result() -> u64 {
+    DEFAULT_SERVICE_MAX_RESULT_BYTES
+}
+fn default_service_refresh() -> u64 {
+    DEFAULT_SERVICE_REFRESH_SECS
 }
 fn default_http_timeout() -> u64 {
     DEFAULT_HTTP_TIMEOUT_MS
@@ -936,6 +1251,208 @@ endpoints = ["http://10.0.0.5:7701"]   # or: dns = "executor:7701" (re-resolved 
         );
         assert!(parse("[tools.\"secrets:get\"]\nnames = [\"a\"]\n").is_err());
         assert!(parse("[tools.echo]\ntimeout_ms = 0\n").is_err());
+    }
+
+    /// README's MCP example, exactly.
+    const README_MCP_EXAMPLE: &str = r#"
+[mcp.files]                         # a stdio server: the broker starts it
+command = ["python3", "/srv/mcp/files.py", "--stdio"]   # program and arguments, no shell
+env = { FILES_ROOT = "/srv/data" }  # its environment, besides HOME LOGNAME PATH SHELL TERM USER
+timeout_ms = 10000                  # per call, inside the job's own time limit
+max_concurrency = 32                # calls in flight from all jobs; more wait for a turn
+max_result_bytes = 1048576
+# secrets = ["files_token"]         # handles of these secrets reach it as values
+# refresh_secs = 60                 # how often its tool list is fetched again
+
+[mcp.search]                        # a streamable-HTTP server
+url = "http://search-mcp:8000/mcp"
+"#;
+
+    #[test]
+    fn readme_mcp_example_parses() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(README_MCP_EXAMPLE.trim()),
+            "README's MCP example changed"
+        );
+        let c = parse(README_MCP_EXAMPLE).unwrap();
+        assert_eq!(c.mcp["files"].command.as_ref().unwrap()[0], "python3");
+        assert_eq!(c.mcp["files"].env["FILES_ROOT"], "/srv/data");
+        assert_eq!(
+            c.mcp["search"].url.as_deref(),
+            Some("http://search-mcp:8000/mcp")
+        );
+    }
+
+    #[test]
+    fn mcp_servers_and_their_mistakes() {
+        let c = parse(
+            r#"
+[mcp.db]
+command = ["python3", "db.py", "--stdio"]
+env = { DB_URL = "postgres://db/app" }
+secrets = ["db_password"]
+
+[mcp.search]
+url = "http://search:8000/mcp"
+timeout_ms = 2000
+max_concurrency = 4
+max_result_bytes = 65536
+refresh_secs = 5
+"#,
+        )
+        .unwrap();
+        let db = &c.mcp["db"];
+        assert_eq!(
+            db.command.as_deref(),
+            Some(&["python3".to_owned(), "db.py".into(), "--stdio".into()][..])
+        );
+        assert_eq!(db.env["DB_URL"], "postgres://db/app");
+        assert_eq!(db.secrets, ["db_password"]);
+        assert_eq!(db.timeout_ms, DEFAULT_SERVICE_TIMEOUT_MS);
+        assert_eq!(db.max_concurrency, DEFAULT_SERVICE_MAX_CONCURRENCY);
+        assert_eq!(db.max_result_bytes, DEFAULT_SERVICE_MAX_RESULT_BYTES);
+        assert_eq!(db.refresh_secs, DEFAULT_SERVICE_REFRESH_SECS);
+        let search = &c.mcp["search"];
+        assert_eq!(search.url.as_deref(), Some("http://search:8000/mcp"));
+        assert_eq!(
+            (
+                search.timeout_ms,
+                search.max_concurrency,
+                search.max_result_bytes,
+                search.refresh_secs
+            ),
+            (2000, 4, 65536, 5)
+        );
+        assert_eq!(McpConfig::answers("db"), ["db:*"]);
+
+        for (section, expected) in [
+            (
+                "[mcp.x]
+",
+                "give `url`",
+            ),
+            (
+                "[mcp.x]
+url = \"http://a/mcp\"
+command = [\"a\"]
+",
+                "exactly one",
+            ),
+            (
+                "[mcp.x]
+command = []
+",
+                "must name a program",
+            ),
+            (
+                "[mcp.x]
+command = [\"\"]
+",
+                "must name a program",
+            ),
+            (
+                "[mcp.x]
+command = \"python3 x.py\"
+",
+                "expected a sequence",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\", \"b\\u0000\"]
+",
+                "NUL",
+            ),
+            (
+                "[mcp.x]
+url = \"ftp://a/mcp\"
+",
+                "must be http(s)://",
+            ),
+            (
+                "[mcp.x]
+url = \"not a url\"
+",
+                "mcp.x.url",
+            ),
+            (
+                "[mcp.x]
+url = \"http://a/mcp\"
+env = { A = \"1\" }
+",
+                "environment of a `command`",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\"]
+env = { \"A=B\" = \"1\" }
+",
+                "not a usable environment variable",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\"]
+timeout_ms = 0
+",
+                "mcp.x.timeout_ms must be above zero",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\"]
+max_concurrency = 0
+",
+                "mcp.x.max_concurrency must be above zero",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\"]
+refresh_secs = 0
+",
+                "mcp.x.refresh_secs must be above zero",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\"]
+max_result_bytes = 0
+",
+                "mcp.x.max_result_bytes must be between 1 and",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\"]
+max_result_bytes = 999999999
+",
+                "mcp.x.max_result_bytes must be between 1 and",
+            ),
+            (
+                "[mcp.x]
+command = [\"a\"]
+answers = [\"y:*\"]
+",
+                "unknown field `answers`",
+            ),
+            (
+                "[mcp.\"a:b\"]
+command = [\"a\"]
+",
+                "a server's name is",
+            ),
+            (
+                "[mcp.\"\"]
+command = [\"a\"]
+",
+                "a server's name is",
+            ),
+            (
+                "[mcp.\"a*\"]
+command = [\"a\"]
+",
+                "a server's name is",
+            ),
+        ] {
+            let err = parse(section).unwrap_err().to_string();
+            assert!(err.contains(expected), "{section}: {err}");
+        }
     }
 
     #[test]

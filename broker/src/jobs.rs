@@ -23,12 +23,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::client_tools::{self, ClientTools};
 use crate::config::{Config, JobsConfig};
 use crate::embedded::EmbeddedError;
 use crate::metrics::BrokerMetrics;
 use crate::pool::{self, Backend, StartError, StartedJob};
 use crate::secrets::JobSecrets;
-use crate::tools::{ToolError, Tools, ToolsError};
+use crate::tools::{ToolError, ToolJob, Tools, ToolsError};
 
 /// No job waits longer than this for its executor, whatever timeout it asks for (an
 /// executor refuses timeouts above its ceiling anyway; this bounds the arithmetic).
@@ -145,7 +146,9 @@ impl Broker {
     /// client, and starts the embedded sandbox or the executor pool's background tasks
     /// (so it must run inside a tokio runtime).
     pub async fn from_config(config: &Config) -> Result<Broker, BuildError> {
-        let tools = Tools::from_config(&config.tools)?;
+        let mut tools = Tools::from_config(&config.tools)?;
+        tools.add_services(&config.tool_services)?;
+        tools.add_mcp_servers(&config.mcp)?;
         let backend = pool::from_config(&config.executors).await?;
         tracing::info!(
             backend = %backend.describe(),
@@ -230,11 +233,24 @@ impl Broker {
         out: &mpsc::Sender<T>,
         emit: impl FnMut(Output) -> T,
     ) {
+        self.run_job_with_client_tools(job, None, out, emit).await
+    }
+
+    /// [`run_job_into`](Self::run_job_into) for a job whose client answers some of
+    /// its tools itself: their calls wait for the client's answers instead of running
+    /// here.
+    pub async fn run_job_with_client_tools<T>(
+        &self,
+        job: Job,
+        client_tools: Option<ClientTools>,
+        out: &mpsc::Sender<T>,
+        emit: impl FnMut(Output) -> T,
+    ) {
         let mut outbox = Outbox::new(out, emit, &self.jobs, &self.metrics);
         let outcome = tokio::select! {
             biased;
             _ = out.closed() => return,
-            outcome = self.run(job, &mut outbox) => outcome,
+            outcome = self.run(job, client_tools, &mut outbox) => outcome,
         };
         let Some(outcome) = outcome else { return };
         outbox.push(Output::End(outcome));
@@ -248,6 +264,7 @@ impl Broker {
     async fn run<T>(
         &self,
         job: Job,
+        mut client_tools: Option<ClientTools>,
         outbox: &mut Outbox<'_, T, impl FnMut(Output) -> T>,
     ) -> Option<Result<FinalEvent, JobFailure>> {
         let requested = Limits::requested(job.level(), job.limits.as_ref());
@@ -276,11 +293,27 @@ impl Broker {
             "job started"
         );
         let secrets = self.tools.job_secrets();
+        let job_id = job_id();
         let budget = Budget {
-            job_deadline,
             max_tool_calls: requested.max_tool_calls,
         };
-        let run = self.pump(&mut started, &secrets, &budget, outbox);
+        let client_catalogue = client_tools
+            .as_ref()
+            .map(|c| c.catalogue().to_vec())
+            .unwrap_or_default();
+        let tool_job = ToolJob {
+            id: &job_id,
+            secrets: &secrets,
+            deadline: job_deadline,
+            client_tools: &client_catalogue,
+        };
+        let run = self.pump(
+            &mut started,
+            &tool_job,
+            client_tools.as_mut(),
+            &budget,
+            outbox,
+        );
         let outcome = match tokio::time::timeout_at(hard_deadline, run).await {
             Ok(outcome) => outcome,
             Err(_) => Err(JobFailure::new(
@@ -325,10 +358,13 @@ impl Broker {
     async fn pump<T>(
         &self,
         started: &mut StartedJob,
-        secrets: &JobSecrets,
+        tool_job: &ToolJob<'_>,
+        mut client_tools: Option<&mut ClientTools>,
         budget: &Budget,
         outbox: &mut Outbox<'_, T, impl FnMut(Output) -> T>,
     ) -> Result<FinalEvent, JobFailure> {
+        let secrets = tool_job.secrets;
+        let client_timeout = self.jobs.client_tool_timeout();
         let mut pending = FuturesUnordered::new();
         let mut tool_calls = 0u32;
         loop {
@@ -337,6 +373,8 @@ impl Broker {
             tokio::select! {
                 biased;
                 sent = outbox.send_one(), if !outbox.is_empty() => sent?,
+                // Answers to the client's own tools, handed to the calls waiting.
+                () = async { client_tools.as_deref_mut().expect("checked").next_answer().await }, if client_tools.is_some() => {}
                 // In a block, so the timer is made only when it is polled (when full).
                 _ = async { tokio::time::sleep_until(stall_at).await }, if full => {
                     return Err(outbox.stalled());
@@ -375,14 +413,27 @@ impl Broker {
                             call.args_json = clean;
                         }
                         tracing::debug!(tool = %call.name, call_id = call.call_id, "tool call");
+                        // The client's tool, if it is one: the event tells the client
+                        // to answer (only when the arguments passed its schema; whatever
+                        // the executor said), and the answer comes back from there.
+                        let client_call = client_tools
+                            .as_deref_mut()
+                            .and_then(|c| c.start(&call.name, call.call_id, &call.args_json));
+                        call.client_answers = matches!(client_call, Some(Ok(_)));
                         outbox.push(Output::Event(JobEvent::ToolCall(call.clone())));
                         let tools = &self.tools;
                         let metrics = &self.metrics;
-                        let job_deadline = budget.job_deadline;
-                        let label = tools.metric_label(&call.name);
+                        let label = if client_call.is_some() { "client" } else { tools.metric_label(&call.name) };
                         pending.push(async move {
                             let began = Instant::now();
-                            let outcome = tools.call(secrets, &call.name, &call.args_json, job_deadline).await;
+                            let outcome = match client_call {
+                                None => tools.call(tool_job, &call.name, &call.args_json).await,
+                                Some(Err(refused)) => Err(refused),
+                                Some(Ok(answer)) => {
+                                    let deadline = (began + client_timeout).min(tool_job.deadline);
+                                    client_tools::answer(answer, began, deadline, tool_job.secrets).await
+                                }
+                            };
                             metrics.tool_call(label, &outcome, began.elapsed());
                             (call.call_id, call.name, outcome)
                         }.instrument(tracing::info_span!("tool call", tool = label)));
@@ -403,9 +454,14 @@ impl Broker {
     }
 }
 
+/// A fresh random id for a job, as tool services see it: 128 bits, hex.
+fn job_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What the broker holds a job to besides the executor's own enforcement.
 struct Budget {
-    job_deadline: Instant,
     max_tool_calls: u32,
 }
 

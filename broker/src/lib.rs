@@ -6,9 +6,12 @@
 //! - [`secrets`]: secret values, their bindings (where each may be sent), per-job
 //!   handles, and scrubbing values out of everything that leaves (`secrets/scrub.rs`:
 //!   the encodings it undoes).
-//! - [`tools`]: the tool registry and the built-ins (`echo`, `secrets:get`,
-//!   `http:fetch` with its aliases `http:post` and `http:get`; `tools/http/address.rs`:
-//!   which addresses it may reach).
+//! - [`tools`]: the tool registry, argument schemas, the built-ins (`echo`,
+//!   `secrets:get`, `http:fetch` with its aliases `http:post` and `http:get`;
+//!   `tools/http/address.rs`: which addresses it may reach) and the integrator's tool
+//!   services (gRPC and webhook; `tools/source.rs`: tool lists fetched in the background).
+//! - [`client_tools`]: tools a client declares for its job and answers itself, and the
+//!   routing of its answers to that job.
 //! - [`pool`]: the [`Backend`] abstraction and [`RemotePool`] (executors over gRPC:
 //!   load balancing, health, retry before start, DNS discovery).
 //! - [`embedded`]: jobs in this process, when no executors are configured.
@@ -35,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client_tools;
 pub mod config;
 pub mod embedded;
 pub mod http;

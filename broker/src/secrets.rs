@@ -408,6 +408,30 @@ impl JobSecrets {
         self.substitute(text, |s| &s.url_encoded)
     }
 
+    /// `json` (a JSON text) with the handles of the secrets named in `names` replaced by
+    /// their values, JSON-escaped; every other handle stays a handle. For a tool service
+    /// the config gives those secrets (`[tool_services.NAME] secrets`).
+    pub(crate) fn reveal_in_json(&self, json: &str, names: &[String]) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::with_capacity(json.len()));
+        let mut last = 0;
+        for found in self.handles_in(json) {
+            if !names.iter().any(|n| n == found.secret.name()) {
+                continue;
+            }
+            out.push_str(&json[last..found.range.start]);
+            // A JSON string of the value, without its quotes (serialising a `str` cannot
+            // fail, and always gives at least `""`).
+            let quoted = Zeroizing::new(
+                serde_json::to_string(found.secret.value.as_str())
+                    .unwrap_or_else(|_| String::from("\"\"")),
+            );
+            out.push_str(&quoted[1..quoted.len() - 1]);
+            last = found.range.end;
+        }
+        out.push_str(&json[last..]);
+        out
+    }
+
     fn substitute(&self, text: &str, value: impl Fn(&Secret) -> &str) -> Zeroizing<String> {
         let mut out = Zeroizing::new(String::with_capacity(text.len()));
         let mut last = 0;

@@ -237,6 +237,11 @@ impl<P> Session<P> {
         self.meta.touch();
     }
 
+    /// The session's 16-byte id, as its records name it.
+    pub fn id(&self) -> &[u8] {
+        &self.meta.id
+    }
+
     /// Whether the session has run a job.
     pub fn has_run_a_job(&self) -> bool {
         self.meta.stage() == Stage::Used

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use enclave_proto::v1::{self, ExecuteRequest, Job, RecordKind, SecurityLevel};
+use enclave_proto::v1::{self, ExecuteRequest, Job, RecordKind, SecurityLevel, ToolInfo};
 use prost::Message;
 
 use crate::builder::ClientBuilder;
@@ -10,6 +10,7 @@ use crate::connection::{Connection, SessionInfo};
 use crate::error::ClientError;
 use crate::outcome::Execution;
 use crate::stream::EventStream;
+use crate::tools::ClientTools;
 
 /// A connection to one broker with one end-to-end encrypted session.
 ///
@@ -88,7 +89,49 @@ impl Client {
     }
 
     pub fn execute_streaming_job(&self, job: Job) -> EventStream {
-        EventStream::new(self.connection.clone(), self.request(job))
+        EventStream::new(self.connection.clone(), self.request(job), None)
+    }
+
+    /// Runs a job whose script may also call `tools`, which this client answers itself
+    /// (docs/PROTOCOL.md §10.6): their calls arrive as `ToolCall` events and are
+    /// answered by their closures while the events go on. Only this job sees them.
+    pub fn execute_with_tools(&self, job: Job, tools: ClientTools) -> EventStream {
+        let mut request = self.execute_request(job);
+        request.client_tools = tools.declared();
+        EventStream::new(
+            self.connection.clone(),
+            request.encode_to_vec(),
+            Some(tools),
+        )
+    }
+
+    /// The tools this session's scripts may call (`ListTools`), sorted by name, each with
+    /// its description and the JSON Schema of its arguments: what to tell an agent.
+    pub async fn list_tools(&self) -> Result<Vec<ToolInfo>, ClientError> {
+        let call = async {
+            let sent =
+                self.connection
+                    .send(
+                        RecordKind::ListToolsRequest,
+                        &v1::ListToolsRequest {}.encode_to_vec(),
+                        |mut grpc, record| async move {
+                            Ok(grpc.list_tools(record).await?.into_inner())
+                        },
+                    )
+                    .await?;
+            let plaintext =
+                sent.session
+                    .open_reply(sent.seq, RecordKind::ListToolsResult, &sent.answer)?;
+            let reply = v1::ListToolsResponse::decode(plaintext.as_slice())
+                .map_err(|e| ClientError::invalid_reply(format!("ListToolsResponse: {e}")))?;
+            Ok(reply.tools)
+        };
+        match self.connection.request_timeout() {
+            None => call.await,
+            Some(timeout) => tokio::time::timeout(timeout, call)
+                .await
+                .unwrap_or_else(|_| Err(ClientError::deadline(timeout))),
+        }
     }
 
     /// Moves both directions of the session to new keys now. Automatic rekeying (the
@@ -109,11 +152,18 @@ impl Client {
         self.connection.info()
     }
 
-    fn request(&self, mut job: Job) -> Vec<u8> {
+    fn request(&self, job: Job) -> Vec<u8> {
+        self.execute_request(job).encode_to_vec()
+    }
+
+    fn execute_request(&self, mut job: Job) -> ExecuteRequest {
         if job.level == SecurityLevel::Unspecified as i32 {
             job.level = self.connection.default_level() as i32;
         }
-        ExecuteRequest { job: Some(job) }.encode_to_vec()
+        ExecuteRequest {
+            job: Some(job),
+            ..Default::default()
+        }
     }
 }
 

@@ -92,7 +92,11 @@ impl Session {
         }
     }
 
-    fn seal(&self, kind: RecordKind, plaintext: &[u8]) -> Result<SealedRecord, ClientError> {
+    pub(crate) fn seal(
+        &self,
+        kind: RecordKind,
+        plaintext: &[u8],
+    ) -> Result<SealedRecord, ClientError> {
         let mut state = self.lock();
         let record = state.channel.seal_request(kind, plaintext)?;
         state.clock.sealed(plaintext.len());

@@ -207,6 +207,7 @@ mod tests {
             call_id: 1,
             name: "http:get".into(),
             args_json: "not json".into(),
+            ..Default::default()
         })))
         .unwrap();
         assert!(

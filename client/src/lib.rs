@@ -88,6 +88,7 @@ mod outcome;
 mod rekey;
 mod retry;
 mod stream;
+mod tools;
 
 pub use builder::{ClientBuilder, Curve, DEFAULT_SERVER};
 pub use client::Client;
@@ -97,6 +98,7 @@ pub use event::Event;
 pub use identity::{BoxFuture, Signer};
 pub use outcome::{ConsoleLevel, ConsoleLine, Execution, JobFailure, Stats, code_name};
 pub use stream::EventStream;
+pub use tools::ClientTools;
 
-pub use enclave_proto::v1::{ErrorCode, Job, Limits, SecurityLevel};
+pub use enclave_proto::v1::{ErrorCode, Job, Limits, SecurityLevel, ToolInfo};
 pub use enclave_proto::{Fingerprint, IdentityKey, PublicIdentity, RekeyPolicy, SessionId};

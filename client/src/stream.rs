@@ -9,12 +9,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use enclave_proto::v1::{RecordKind, SealedRecord};
+use enclave_proto::v1::{self, RecordKind, SealedRecord};
 use enclave_proto::{Error as ProtoError, StreamOpener};
 use futures::Stream;
 use tonic::Streaming;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
 use crate::connection::{Connection, Sent, Session};
+use crate::tools::{Answerer, ClientTools};
+
+/// Answers to client tools waiting to go out on the job's call.
+const ANSWERS_IN_FLIGHT: usize = 16;
 use crate::error::ClientError;
 use crate::event::Event;
 
@@ -44,12 +51,15 @@ struct Open {
     records: Streaming<SealedRecord>,
     /// Read to decide whether a status at the start may be retried; opened first.
     first: Option<SealedRecord>,
+    /// With client tools: answers their calls on the job's own call.
+    answerer: Option<Answerer>,
 }
 
 enum State {
     Start {
         connection: Arc<Connection>,
         request: Vec<u8>,
+        tools: Option<ClientTools>,
     },
     Open(Box<Open>),
     /// The final event was delivered; what follows must be the end of the stream.
@@ -58,7 +68,13 @@ enum State {
 }
 
 impl EventStream {
-    pub(crate) fn new(connection: Arc<Connection>, request: Vec<u8>) -> Self {
+    /// `tools`: the client's own tools, answered on the job's call (`ExecuteWithTools`);
+    /// `None` streams over `ExecuteStream`.
+    pub(crate) fn new(
+        connection: Arc<Connection>,
+        request: Vec<u8>,
+        tools: Option<ClientTools>,
+    ) -> Self {
         let deadline = connection
             .request_timeout()
             .map(|t| (tokio::time::Instant::now() + t, t));
@@ -66,6 +82,7 @@ impl EventStream {
             State::Start {
                 connection,
                 request,
+                tools,
             },
             move |state| step_until(deadline, state),
         );
@@ -108,7 +125,8 @@ async fn step(state: State) -> Option<(Result<Event, ClientError>, State)> {
         State::Start {
             connection,
             request,
-        } => match start(&connection, &request).await {
+            tools,
+        } => match start(&connection, &request, tools).await {
             Ok(open) => next_event(open).await,
             Err(e) => Some((Err(e), State::Done)),
         },
@@ -130,23 +148,64 @@ async fn step(state: State) -> Option<(Result<Event, ClientError>, State)> {
 /// Sends the request and waits for the first record, so that a status the broker gives
 /// instead of a stream (unknown session, replay) takes the same retry path as a unary
 /// call: no record has been opened, so nothing ran.
-async fn start(connection: &Connection, request: &[u8]) -> Result<Open, ClientError> {
+async fn start(
+    connection: &Connection,
+    request: &[u8],
+    tools: Option<ClientTools>,
+) -> Result<Open, ClientError> {
+    let Some(tools) = tools else {
+        let Sent {
+            session,
+            seq,
+            answer: (records, first),
+        } = connection
+            .send(
+                RecordKind::StreamRequest,
+                request,
+                |mut grpc, record| async move {
+                    let mut records = grpc.execute_stream(record).await?.into_inner();
+                    let first = records.message().await?;
+                    Ok((records, first))
+                },
+            )
+            .await?;
+        return Ok(Open {
+            session,
+            opener: StreamOpener::new(seq),
+            records,
+            first,
+            answerer: None,
+        });
+    };
+    // ExecuteWithTools: the request first, the answers after it on the same call.
     let Sent {
         session,
         seq,
-        answer: (records, first),
+        answer: (records, first, answers),
     } = connection
         .send(
             RecordKind::StreamRequest,
             request,
             |mut grpc, record| async move {
-                let mut records = grpc.execute_stream(record).await?.into_inner();
+                let (answers, outgoing) = mpsc::channel(ANSWERS_IN_FLIGHT);
+                // Cannot fail: the receiver is right here, and the channel is empty.
+                let _ = answers.send(record).await;
+                let mut records = grpc
+                    .execute_with_tools(ReceiverStream::new(outgoing))
+                    .await?
+                    .into_inner();
                 let first = records.message().await?;
-                Ok((records, first))
+                Ok((records, first, answers))
             },
         )
         .await?;
     Ok(Open {
+        answerer: Some(Answerer {
+            tools,
+            session: session.clone(),
+            stream_seq: seq,
+            answers,
+        }),
         session,
         opener: StreamOpener::new(seq),
         records,
@@ -179,10 +238,20 @@ async fn next_event(mut open: Open) -> Option<(Result<Event, ClientError>, State
             ));
         }
     };
-    let event = open
-        .session
-        .open_stream_event(&mut open.opener, &record)
-        .and_then(Event::try_from);
+    let opened = open.session.open_stream_event(&mut open.opener, &record);
+    // Calls the broker marks as the client's to answer (their arguments passed the
+    // declared schema) go to their closures; the event is shown either way.
+    if let (
+        Ok(v1::StreamEvent {
+            event: Some(v1::stream_event::Event::ToolCall(call)),
+        }),
+        Some(answerer),
+    ) = (&opened, &open.answerer)
+        && call.client_answers
+    {
+        answerer.on_tool_call(call.call_id, &call.name, &call.args_json);
+    }
+    let event = opened.and_then(Event::try_from);
     match event {
         Ok(event) if open.opener.is_finished() => Some((Ok(event), State::Finished(open.records))),
         Ok(event) => Some((Ok(event), State::Open(Box::new(open)))),

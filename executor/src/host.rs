@@ -414,6 +414,7 @@ async fn tool_start(
             call_id: call_id.into(),
             name,
             args_json,
+            client_answers: false,
         }))
         .await?;
     Ok(call_id)

@@ -1,6 +1,6 @@
 // Evaluated once, at snapshot time. Returns the internals the guest's Rust side calls;
 // nothing here is reachable from scripts except the globals it deliberately defines
-// (console, callTool, Math.random). Built-ins are captured up front, and methods are
+// (console, callTool, listTools, Math.random). Built-ins are captured up front, and methods are
 // called through `uncurry` rather than `.call`, so a script that replaces JSON.stringify,
 // Function.prototype.call, String.prototype.split or Error.prototype.name breaks only its
 // own code, never the reporting of its result or error.
@@ -113,6 +113,10 @@
     });
   }
   defineProperty(globalThis, 'callTool', { value: callTool, writable: true, configurable: true, enumerable: false });
+  // The tools this job may call, as ListTools lists them: [{name, description, inputSchema}].
+  // A tool call the broker answers itself (it shows as one, and counts as one).
+  function listTools() { return callTool('tools:list', null); }
+  defineProperty(globalThis, 'listTools', { value: listTools, writable: true, configurable: true, enumerable: false });
 
   // ---- Math.random: reseeded by the host for every job ----
   defineProperty(Math, 'random', { value: function random() { return hostRandom(); }, writable: true, configurable: true, enumerable: false });

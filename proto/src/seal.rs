@@ -88,12 +88,10 @@ pub enum Direction {
 pub fn kind_direction(kind: RecordKind) -> Option<Direction> {
     use RecordKind::*;
     match kind {
-        ExecuteRequest | StreamRequest | CloseRequest | RekeyRequest => {
-            Some(Direction::ClientToBroker)
-        }
-        ExecuteResult | StreamEvent | StreamFinal | CloseResult | RekeyResult => {
-            Some(Direction::BrokerToClient)
-        }
+        ExecuteRequest | StreamRequest | CloseRequest | RekeyRequest | ListToolsRequest
+        | ToolResult => Some(Direction::ClientToBroker),
+        ExecuteResult | StreamEvent | StreamFinal | CloseResult | RekeyResult | ListToolsResult
+        | ToolResultAck => Some(Direction::BrokerToClient),
         Unspecified => None,
     }
 }

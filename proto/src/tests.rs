@@ -86,6 +86,7 @@ fn round_trip_both_suites_and_both_directions() {
                 code: "return 1".into(),
                 ..Default::default()
             }),
+            client_tools: vec![],
         }
         .encode_to_vec();
         let rec = exec(&mut client, &job);

@@ -170,7 +170,14 @@ pub(crate) fn compute(suite: Suite) -> Value {
             .unwrap()
     };
 
-    // --- records: one unary call, one stream, a rekey, a close ---
+    // --- records: one unary call, a stream whose client answers a tool call, a rekey,
+    // a close. `tick` keeps the order in which they were sent. ---
+    let tick = std::cell::Cell::new(0u32);
+    let next = || {
+        let t = tick.get();
+        tick.set(t + 1);
+        t
+    };
     let mut records = Vec::new();
     let mut request = |client: &mut crate::handshake::ClientSession,
                        server: &mut crate::handshake::ServerSession,
@@ -184,13 +191,16 @@ pub(crate) fn compute(suite: Suite) -> Value {
         };
         let opened = server.open_request(&record, kind).unwrap();
         assert_eq!(opened.plaintext, body);
-        records.push(record_json(
-            &record,
-            Direction::ClientToBroker,
-            0,
-            &body,
-            &iv("client_to_broker", record.epoch),
-            &session_id,
+        records.push((
+            next(),
+            record_json(
+                &record,
+                Direction::ClientToBroker,
+                0,
+                &body,
+                &iv("client_to_broker", record.epoch),
+                &session_id,
+            ),
         ));
         record.seq
     };
@@ -210,7 +220,7 @@ pub(crate) fn compute(suite: Suite) -> Value {
             )
             .unwrap();
         assert_eq!(opened, body);
-        replies.push((record, request_seq, body));
+        replies.push((next(), record, request_seq, body));
     };
 
     let job = |code: &str| v1::ExecuteRequest {
@@ -220,6 +230,7 @@ pub(crate) fn compute(suite: Suite) -> Value {
             limits: None,
             input_json: String::new(),
         }),
+        client_tools: vec![],
     };
     let exec = job("return 1 + 1").encode_to_vec();
     let r0 = request(
@@ -243,7 +254,17 @@ pub(crate) fn compute(suite: Suite) -> Value {
         .unwrap();
     reply(&mut client, rec, r0, result);
 
-    let stream = job("console.log('hi'); return 42").encode_to_vec();
+    // The stream declares a client tool (§10.6); the client answers its call with a
+    // TOOL_RESULT record, which the broker acknowledges (the unary SubmitToolResult).
+    let stream = v1::ExecuteRequest {
+        client_tools: vec![v1::ToolInfo {
+            name: "lookup".into(),
+            description: "Looks a word up.".into(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+        }],
+        ..job("console.log('hi'); return await callTool('lookup', {q: 'x'}) + 35")
+    }
+    .encode_to_vec();
     let r1 = request(
         &mut client,
         &mut server,
@@ -256,6 +277,43 @@ pub(crate) fn compute(suite: Suite) -> Value {
         v1::stream_event::Event::Console(v1::ConsoleEvent {
             level: v1::ConsoleLevel::Log as i32,
             text: "hi".into(),
+        }),
+        v1::stream_event::Event::ToolCall(v1::ToolCall {
+            call_id: 1,
+            name: "lookup".into(),
+            args_json: r#"{"q":"x"}"#.into(),
+            client_answers: true,
+        }),
+    ] {
+        let event = v1::StreamEvent { event: Some(event) };
+        let rec = sealer.seal(server.channel(), &event).unwrap();
+        reply(&mut client, rec, r1, event.encode_to_vec());
+    }
+    let answer = v1::SubmitToolResult {
+        stream_seq: r1,
+        result: Some(v1::ToolResult {
+            call_id: 1,
+            outcome: Some(v1::tool_result::Outcome::ResultJson("7".into())),
+        }),
+    }
+    .encode_to_vec();
+    let r_tool = request(
+        &mut client,
+        &mut server,
+        RecordKind::ToolResult,
+        answer,
+        false,
+    );
+    let rec = server
+        .channel()
+        .seal_reply(r_tool, RecordKind::ToolResultAck, 0, &[])
+        .unwrap();
+    reply(&mut client, rec, r_tool, vec![]);
+    for event in [
+        v1::stream_event::Event::ToolResult(v1::ToolResultEvent {
+            call_id: 1,
+            is_error: false,
+            name: "lookup".into(),
         }),
         v1::stream_event::Event::Final(v1::FinalEvent {
             outcome: Some(v1::final_event::Outcome::ResultJson("42".into())),
@@ -289,23 +347,21 @@ pub(crate) fn compute(suite: Suite) -> Value {
         .unwrap();
     reply(&mut client, rec, r3, vec![]);
 
-    // Interleave in the order they were sent: request, its replies, next request, ...
-    let mut ordered = Vec::new();
-    let mut replies = replies.into_iter().peekable();
-    for req in records {
-        let seq = req["seq"].as_u64().unwrap();
-        ordered.push(req);
-        while let Some((rec, rs, body)) = replies.next_if(|(_, rs, _)| *rs == seq) {
-            ordered.push(record_json(
-                &rec,
-                Direction::BrokerToClient,
-                rs,
-                &body,
-                &iv("broker_to_client", rec.epoch),
-                &session_id,
-            ));
-        }
+    // In the order they were sent.
+    let mut ordered: Vec<(u32, Value)> = records;
+    for (t, rec, rs, body) in replies {
+        let json = record_json(
+            &rec,
+            Direction::BrokerToClient,
+            rs,
+            &body,
+            &iv("broker_to_client", rec.epoch),
+            &session_id,
+        );
+        ordered.push((t, json));
     }
+    ordered.sort_by_key(|(t, _)| *t);
+    let ordered: Vec<Value> = ordered.into_iter().map(|(_, v)| v).collect();
 
     let invalid_shares: Vec<Value> = match suite {
         Suite::X25519Ed25519Aes256gcmSha256 => X25519_LOW_ORDER

@@ -7,7 +7,9 @@
 //!   this module only translates JSON and statuses.
 //! - The legacy API ([`legacy`]), wire-compatible with the seed's `EncryptedEnclaveClient`,
 //!   for clients that cannot move yet; off unless `--legacy-api` turns it on.
-//! - The playground: `GET /` and `GET /app.js`, a browser client of protocol v1.
+//! - The playground: `GET /` and `GET /app.js`, a browser client of protocol v1, and
+//!   `GET /client/<file>.js`, the modules of the `@enclave-vm/client` package (`js/client/`)
+//!   that `app.js` imports: the one JavaScript implementation of protocol v1.
 //!
 //! Why axum: tonic 0.14 already builds on axum 0.8 and hyper 1, so the HTTP API adds no
 //! second HTTP stack, and axum gives routing and body limits. Connections are served by
@@ -44,6 +46,33 @@ pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// so a page loaded from this broker pins this broker.
 const INDEX_HTML: &str = include_str!("playground/index.html");
 const APP_JS: &str = include_str!("playground/app.js");
+
+/// `(name, source)` of each named file of `js/client/src/`, embedded at build time.
+macro_rules! client_modules {
+    ($($file:literal),* $(,)?) => {
+        &[$(($file, include_str!(concat!("../../../js/client/src/", $file)))),*]
+    };
+}
+
+/// The modules of `@enclave-vm/client` (`js/client/src/`), served as they are at
+/// `/client/<file>` for the playground's `import … from './client/index.js'`. The test
+/// below keeps this table equal to the directory.
+const CLIENT_MODULES: &[(&str, &str)] = client_modules![
+    "channel.js",
+    "client.js",
+    "constants.js",
+    "crypto.js",
+    "encoding.js",
+    "errors.js",
+    "events.js",
+    "handshake.js",
+    "http.js",
+    "index.js",
+    "keys.js",
+    "messages.js",
+    "protocol.js",
+    "wire.js",
+];
 
 /// The page loads only its own script and talks only to its own origin; nothing inline.
 /// `frame-ancestors 'none'` stops clickjacking, `base-uri 'none'` base-tag injection.
@@ -101,12 +130,15 @@ impl HttpApi {
         let mut router = Router::new()
             .route("/", get(playground_index))
             .route("/app.js", get(playground_js))
+            .route("/client/{file}", get(client_module))
             .route("/v1/info", get(info))
             .route("/v1/handshake", post(v1::handshake))
             .route("/v1/execute", post(v1::execute))
             .route("/v1/execute/stream", post(v1::execute_stream))
             .route("/v1/session/close", post(v1::close_session))
             .route("/v1/session/rekey", post(v1::rekey))
+            .route("/v1/tools", post(v1::list_tools))
+            .route("/v1/tool-result", post(v1::submit_tool_result))
             .with_state(self.clone());
         if let Some(legacy) = &self.inner.legacy {
             router = router.merge(legacy::router(legacy.clone()));
@@ -229,13 +261,27 @@ async fn playground_index(State(api): State<HttpApi>) -> Response {
 }
 
 async fn playground_js() -> Response {
+    javascript(APP_JS)
+}
+
+/// `GET /client/<file>`: a module of `@enclave-vm/client`, or 404.
+async fn client_module(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match CLIENT_MODULES.iter().find(|(name, _)| *name == file) {
+        Some((_, source)) => javascript(source),
+        None => not_found().await,
+    }
+}
+
+/// A script of the playground: revalidated on each load, so a new broker's page never
+/// runs an old one's modules.
+fn javascript(source: &'static str) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/javascript; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    (headers, APP_JS).into_response()
+    (headers, source).into_response()
 }
 
 /// `GET /v1/info`: what a client needs before its handshake (the fingerprint is for
@@ -399,6 +445,24 @@ mod tests {
         }
         assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
         assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+    }
+
+    #[test]
+    fn serves_every_module_of_the_client_package() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../js/client/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".js"))
+            .collect();
+        on_disk.sort();
+        let served: Vec<&str> = CLIENT_MODULES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            served, on_disk,
+            "CLIENT_MODULES lists js/client/src/*.js, sorted"
+        );
+        // What the playground imports is there.
+        assert!(APP_JS.contains("from './client/index.js'"));
     }
 
     #[test]

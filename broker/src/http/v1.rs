@@ -66,6 +66,24 @@ pub(super) async fn rekey(
     answer(api.service().rekey(call(peer, record)).await)
 }
 
+pub(super) async fn list_tools(
+    State(api): State<HttpApi>,
+    peer: Peer,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let record: SealedRecord = parse(body, "SealedRecord")?;
+    answer(api.service().list_tools(call(peer, record)).await)
+}
+
+pub(super) async fn submit_tool_result(
+    State(api): State<HttpApi>,
+    peer: Peer,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let record: SealedRecord = parse(body, "SealedRecord")?;
+    answer(api.service().submit_tool_result(call(peer, record)).await)
+}
+
 /// The service's request for `message`, with the connection's peer as gRPC has it.
 fn call<T>(peer: Peer, message: T) -> Request<T> {
     let mut request = Request::new(message);

@@ -23,7 +23,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{Tool, ToolContext, ToolError, ToolFuture, parse_args};
+use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec, parse_args};
 use crate::config::{HostPort, HttpFetchConfig, Inject};
 use crate::secrets::{HANDLE_PREFIX, JobSecrets, Secret};
 
@@ -83,6 +83,40 @@ impl HttpFetch {
     }
 }
 
+impl HttpFetch {
+    /// What `ListTools` says about this name: the method it sends and the hosts it
+    /// reaches, so that an agent can tell what is worth trying.
+    pub fn spec(&self) -> ToolSpec {
+        let what = match &self.fixed_method {
+            None => "Sends an HTTP request (GET unless `method` says otherwise)".to_owned(),
+            Some(method) => format!("Sends an HTTP {method} request"),
+        };
+        let hosts = if self.shared.allow_shown.is_empty() {
+            "no host (none is allowed)".to_owned()
+        } else {
+            self.shared.allow_shown.clone()
+        };
+        ToolSpec::new(
+            format!(
+                "{what} to one of: {hosts}. Answers {{status, headers, body}}: body is the \
+                 response's text, or its JSON value when it is JSON. A secret's handle \
+                 (from secrets:get) is replaced by its value where the secret may go."
+            ),
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string", "description": "Absolute http(s) URL."},
+                    "method": {"type": "string", "description": format!("One of {}.", METHODS.join(", "))},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "body": {"description": "A string, sent as it is, or any other JSON value, sent as JSON."},
+                },
+                "required": ["url"],
+                "additionalProperties": false,
+            }),
+        )
+    }
+}
+
 impl Shared {
     fn new(config: &HttpFetchConfig, lookup: address::Lookup) -> Result<Shared, String> {
         let allow = config
@@ -105,7 +139,7 @@ impl Shared {
 /// Redirects off (followed by hand), no proxy from the environment, TLS with the ring
 /// provider and the OS trust store, and (unless private addresses are allowed) the
 /// resolver that refuses them.
-fn client(resolver: Option<address::PublicOnly>) -> Result<reqwest::Client, String> {
+pub(crate) fn client(resolver: Option<address::PublicOnly>) -> Result<reqwest::Client, String> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -779,6 +813,7 @@ mod tests {
         let secrets = JobSecrets::none();
         let cx = ToolContext {
             name: "http:fetch",
+            job_id: "test",
             secrets: &secrets,
             deadline: tokio::time::Instant::now() + Duration::from_secs(1),
         };

@@ -3,9 +3,23 @@
 
 use serde::Deserialize;
 
-use super::{Tool, ToolContext, ToolError, ToolFuture, parse_args};
+use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec, parse_args};
 
 pub struct SecretsGet;
+
+pub fn spec() -> ToolSpec {
+    ToolSpec::new(
+        "Returns an opaque handle for a secret the broker holds, never its value. Pass the \
+         handle to http:fetch where the secret may go (a header, a query parameter); the \
+         broker puts the value there.",
+        serde_json::json!({
+            "type": "object",
+            "properties": {"key": {"type": "string", "description": "The secret's name."}},
+            "required": ["key"],
+            "additionalProperties": false,
+        }),
+    )
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,6 +5,7 @@ mod support;
 
 mod attacks;
 mod auth;
+mod client_tools;
 mod collector;
 mod connections;
 mod executors;

@@ -293,7 +293,11 @@ impl Raw {
     }
 
     pub fn seal(&mut self, kind: RecordKind, job: Job) -> SealedRecord {
-        let body = ExecuteRequest { job: Some(job) }.encode_to_vec();
+        let body = ExecuteRequest {
+            job: Some(job),
+            ..Default::default()
+        }
+        .encode_to_vec();
         self.session.channel().seal_request(kind, &body).unwrap()
     }
 

@@ -15,7 +15,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use enclave_proto::v1::{
     ExecuteRequest, ExecuteResult, HandshakeRequest, HandshakeResponse, Job, RecordKind,
-    SealedRecord, SecurityLevel, StreamEvent, Suite, handshake_request, handshake_response,
+    SealedRecord, SecurityLevel, StreamEvent, SubmitToolResult, Suite, ToolCall, ToolInfo,
+    ToolResult, handshake_request, handshake_response, stream_event, tool_result,
 };
 use enclave_proto::{
     ClientConfig, ClientHandshake, ClientSession, Fingerprint, IdentityKey, StreamOpener,
@@ -253,7 +254,11 @@ impl V1 {
     }
 
     pub fn seal(&mut self, kind: RecordKind, job: Job) -> SealedRecord {
-        let body = ExecuteRequest { job: Some(job) }.encode_to_vec();
+        let body = ExecuteRequest {
+            job: Some(job),
+            ..Default::default()
+        }
+        .encode_to_vec();
         self.session.channel().seal_request(kind, &body).unwrap()
     }
 
@@ -276,7 +281,48 @@ impl V1 {
     /// Runs a streaming job and opens every line in order; the stream must end with its
     /// final event.
     pub async fn stream_job(&mut self, job: Job) -> Result<Vec<StreamEvent>, V1Error> {
-        let record = self.seal(RecordKind::StreamRequest, job);
+        let request = ExecuteRequest {
+            job: Some(job),
+            ..Default::default()
+        };
+        let (events, _) = self.stream_request(request, |_| None).await?;
+        Ok(events)
+    }
+
+    pub async fn stream(&mut self, code: &str) -> Result<Vec<StreamEvent>, V1Error> {
+        self.stream_job(job(code)).await
+    }
+
+    /// Streams a job that declares `tools`, answering each call the broker marks as the
+    /// client's with `answer` through `POST /v1/tool-result`, as a browser does, while
+    /// the stream is open. Returns the events and the stream request's `seq`.
+    pub async fn stream_with_tools(
+        &mut self,
+        job: Job,
+        tools: Vec<ToolInfo>,
+        answer: impl Fn(&ToolCall) -> tool_result::Outcome,
+    ) -> (Vec<StreamEvent>, u64) {
+        let request = ExecuteRequest {
+            job: Some(job),
+            client_tools: tools,
+        };
+        self.stream_request(request, |call| Some(answer(call)))
+            .await
+            .expect("the stream starts")
+    }
+
+    /// `POST /v1/execute/stream`, every line opened in order; `answer` answers the calls
+    /// marked as the client's (`None`: leave them).
+    async fn stream_request(
+        &mut self,
+        request: ExecuteRequest,
+        answer: impl Fn(&ToolCall) -> Option<tool_result::Outcome>,
+    ) -> Result<(Vec<StreamEvent>, u64), V1Error> {
+        let record = self
+            .session
+            .channel()
+            .seal_request(RecordKind::StreamRequest, &request.encode_to_vec())
+            .unwrap();
         let seq = record.seq;
         let mut response = http()
             .post(format!("{}/v1/execute/stream", self.base))
@@ -302,22 +348,53 @@ impl V1 {
                 let value = json_of(&line);
                 assert!(value.get("error").is_none(), "the stream failed: {value}");
                 let record: SealedRecord = serde_json::from_value(value).unwrap();
-                events.push(
-                    opener
-                        .open(self.session.channel(), &record)
-                        .expect("stream records open in order"),
-                );
+                let event = opener
+                    .open(self.session.channel(), &record)
+                    .expect("stream records open in order");
+                if let Some(stream_event::Event::ToolCall(call)) = &event.event
+                    && call.client_answers
+                    && let Some(outcome) = answer(call)
+                {
+                    self.submit_tool_result(seq, call.call_id, outcome)
+                        .await
+                        .unwrap();
+                }
+                events.push(event);
             }
         }
         assert!(buffer.is_empty(), "the stream ended mid-line");
         opener
             .finish()
             .expect("the stream ends with its final event");
-        Ok(events)
+        Ok((events, seq))
     }
 
-    pub async fn stream(&mut self, code: &str) -> Result<Vec<StreamEvent>, V1Error> {
-        self.stream_job(job(code)).await
+    /// `POST /v1/tool-result`: one answer, for the stream `stream_seq`.
+    pub async fn submit_tool_result(
+        &mut self,
+        stream_seq: u64,
+        call_id: u64,
+        outcome: tool_result::Outcome,
+    ) -> Result<(), V1Error> {
+        let submitted = SubmitToolResult {
+            stream_seq,
+            result: Some(ToolResult {
+                call_id,
+                outcome: Some(outcome),
+            }),
+        };
+        let record = self
+            .session
+            .channel()
+            .seal_request(RecordKind::ToolResult, &submitted.encode_to_vec())
+            .unwrap();
+        let seq = record.seq;
+        let ack: SealedRecord = call(&format!("{}/v1/tool-result", self.base), &record).await?;
+        self.session
+            .channel()
+            .open_reply(seq, RecordKind::ToolResultAck, &ack)
+            .expect("the ack opens");
+        Ok(())
     }
 }
 

@@ -7,8 +7,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use enclave_proto::v1::broker_client::BrokerClient;
 use enclave_proto::v1::{
-    CloseSessionRequest, CloseSessionResponse, ConsoleLevel, Job, RecordKind, SealedRecord,
-    SecurityLevel, Suite, stream_event::Event,
+    CloseSessionRequest, CloseSessionResponse, ConsoleLevel, Job, ListToolsRequest,
+    ListToolsResponse, RecordKind, SealedRecord, SecurityLevel, Suite, ToolInfo, final_event,
+    stream_event::Event, tool_result,
 };
 use enclave_proto::{ClientConfig, ClientHandshake};
 use prost::Message;
@@ -66,6 +67,37 @@ async fn handshake_execute_stream_rekey_and_close_with_both_curves() {
             .unwrap();
         assert_eq!(reply.epoch, 1);
         assert_eq!(value(&client.execute("return 2").await.unwrap()), json!(2));
+
+        // ListTools: the tools, sealed like every answer.
+        let record = client
+            .session
+            .channel()
+            .seal_request(
+                RecordKind::ListToolsRequest,
+                &ListToolsRequest {}.encode_to_vec(),
+            )
+            .unwrap();
+        let seq = record.seq;
+        let reply: SealedRecord = call(&broker.url("/v1/tools"), &record).await.unwrap();
+        let plain = client
+            .session
+            .channel()
+            .open_reply(seq, RecordKind::ListToolsResult, &reply)
+            .unwrap();
+        let tools = ListToolsResponse::decode(plain.as_slice()).unwrap().tools;
+        assert_eq!(tools.len(), 1, "{tools:?}");
+        assert_eq!(tools[0].name, "echo");
+        assert_eq!(tools[0].input_schema_json, "{}");
+        // A request of another kind on that path is refused, as over gRPC.
+        let wrong = client.seal(RecordKind::ExecuteRequest, job("return 1"));
+        let err = call::<_, SealedRecord>(&broker.url("/v1/tools"), &wrong)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status, err.code()),
+            (400, "INVALID_ARGUMENT"),
+            "{err:?}"
+        );
 
         // Close, after which the session is unknown.
         let record = client
@@ -142,6 +174,7 @@ async fn the_wire_is_the_proto3_json_mapping() {
     for code in ["return 1", "return 2"] {
         let body = enclave_proto::v1::ExecuteRequest {
             job: Some(job(code)),
+            ..Default::default()
         }
         .encode_to_vec();
         let record = session
@@ -458,4 +491,63 @@ async fn a_traceparent_header_names_the_jobs_trace() {
         .filter(|l| l.contains("job finished") && l.contains(&format!("trace_id={trace}")))
         .count();
     assert_eq!(named, 2, "{log}");
+}
+
+/// Client-provided tools the way a browser uses them: the stream over one request, each
+/// answer a `POST /v1/tool-result` of its own while the stream is open.
+#[tokio::test]
+async fn client_tools_over_http() {
+    let broker = Broker::start(&[]);
+    let mut client = V1::connect(&broker, Suite::X25519Ed25519Aes256gcmSha256).await;
+    let tools = vec![ToolInfo {
+        name: "page:title".into(),
+        description: "The title of the page the user is on.".into(),
+        input_schema_json: r#"{"type":"object","properties":{"upper":{"type":"boolean"}}}"#.into(),
+    }];
+    let (events, seq) = client
+        .stream_with_tools(
+            job(
+                r#"
+                const [a, b] = await Promise.all([callTool('page:title', {}), callTool('page:title', {upper: true})]);
+                let bad; try { await callTool('page:title', {upper: 'yes'}); } catch (e) { bad = e.message; }
+                return {a, b, bad, listed: (await listTools()).map(t => t.name)};
+                "#,
+            ),
+            tools,
+            |call| {
+                let args: Value = serde_json::from_str(&call.args_json).unwrap();
+                let title = if args["upper"] == json!(true) { "\"HOME\"" } else { "\"Home\"" };
+                tool_result::Outcome::ResultJson(title.into())
+            },
+        )
+        .await;
+    let Some(Event::Final(final_event)) = &events.last().unwrap().event else {
+        panic!("{events:?}")
+    };
+    let Some(final_event::Outcome::ResultJson(result)) = &final_event.outcome else {
+        panic!("{final_event:?}")
+    };
+    let result: Value = serde_json::from_str(result).unwrap();
+    assert_eq!(result["a"], "Home");
+    assert_eq!(result["b"], "HOME");
+    assert!(
+        result["bad"]
+            .as_str()
+            .unwrap()
+            .contains("arguments do not match the tool's schema at /upper"),
+        "{result}"
+    );
+    assert_eq!(result["listed"], json!(["echo", "page:title"]));
+    // Only the calls that passed the schema were the client's to answer.
+    let marked = events
+        .iter()
+        .filter(|e| matches!(&e.event, Some(Event::ToolCall(c)) if c.client_answers))
+        .count();
+    assert_eq!(marked, 2);
+    // The job is over: an answer for it has nowhere to go.
+    let err = client
+        .submit_tool_result(seq, 1, tool_result::Outcome::ResultJson("1".into()))
+        .await
+        .unwrap_err();
+    assert_eq!((err.status, err.code()), (404, "NOT_FOUND"), "{err:?}");
 }

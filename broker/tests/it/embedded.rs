@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use enclave_broker::config::{Config, JobsConfig};
 use enclave_broker::embedded::Embedded;
+use enclave_broker::tools::ToolSpec;
 use enclave_broker::{Broker, FailureKind, Tools};
 use enclave_proto::v1::{ErrorCode, Limits};
 use serde_json::json;
@@ -113,7 +114,14 @@ async fn a_full_embedded_sandbox_refuses_as_busy() {
     .await
     .unwrap();
     let mut tools = Tools::new();
-    tools.register("hang", Arc::new(Hang), Duration::from_secs(30));
+    tools
+        .register(
+            "hang",
+            Arc::new(Hang),
+            ToolSpec::any("a test tool"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
     let broker = Broker::new(
         tools,
         Arc::new(Embedded::with_sandbox(Arc::new(sandbox))),

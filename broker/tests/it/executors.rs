@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use enclave_broker::config::{ExecutorsConfig, JobsConfig};
 use enclave_broker::pool::Health;
-use enclave_broker::tools::{Tool, ToolContext, ToolFuture};
+use enclave_broker::tools::{Tool, ToolContext, ToolFuture, ToolSpec};
 use enclave_broker::{Broker, FailureKind, RemotePool, Tools};
 use enclave_executor::SandboxConfig;
 use enclave_proto::v1::{
@@ -326,11 +326,14 @@ async fn killing_the_executor_process_mid_job_ends_it_with_executor_lost() {
     let (mut child, addr) = spawn_executor_process().await;
     let (started_tx, mut started_rx) = mpsc::channel(1);
     let mut tools = tools();
-    tools.register(
-        "started",
-        Arc::new(Started(started_tx)),
-        Duration::from_secs(5),
-    );
+    tools
+        .register(
+            "started",
+            Arc::new(Started(started_tx)),
+            ToolSpec::any("a test tool"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
     let pool = RemotePool::new(executors(&[addr])).await;
     let broker = Broker::new(tools, Arc::new(pool), JobsConfig::default());
     // Runs for up to 30 s unless its executor dies.

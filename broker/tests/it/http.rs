@@ -238,7 +238,7 @@ async fn malformed_requests_are_refused_before_sending() {
         ),
         (
             format!("callTool('http:post', {{url: 'http://{h}/', headers: {{'X-A': 1}}}})"),
-            "expected {",
+            "arguments do not match the tool's schema at /headers/X-A: 1 is not of type \"string\"",
         ),
         (
             "callTool('http:post', {url: '/relative'})".to_string(),
@@ -246,7 +246,7 @@ async fn malformed_requests_are_refused_before_sending() {
         ),
         (
             format!("callTool('http:post', {{url: 'http://{h}/', verb: 'GET'}})"),
-            "unknown field `verb`",
+            "arguments do not match the tool's schema: Additional properties are not allowed ('verb' was unexpected)",
         ),
     ] {
         let msg = message(&broker, &call).await;

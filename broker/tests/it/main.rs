@@ -9,4 +9,5 @@ mod executors;
 mod flow;
 mod http;
 mod secrets;
+mod services;
 mod tools;

@@ -1,12 +1,12 @@
 //! Secrets: scripts get handles, each secret's value goes only where its binding says,
 //! and nothing that leaves the broker carries a value in any common encoding.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use enclave_broker::config::Config;
 use enclave_broker::secrets::HANDLE_PREFIX;
+use enclave_broker::tools::{ToolJob, ToolSpec};
 use enclave_broker::{Broker, Tools};
 use serde_json::json;
 
@@ -24,12 +24,6 @@ const FREE_VALUE: &str = "fk-free/42&m=n+o";
 const FREE_VALUE_URL: &str = "fk%2Dfree%2F42%26m%3Dn%2Bo";
 const UNLISTED: &str = "never-readable-9f8e7d";
 const ALL_VALUES: [&str; 4] = [VALUE, QUERY_VALUE, FREE_VALUE, UNLISTED];
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("enclave-broker-it-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Tools from a real config file: a secrets file next to it and an env secret; the
 /// three bound secrets bound to `bound` (a host never contacted when `None`), `http:fetch`
@@ -422,7 +416,10 @@ async fn only_listed_names_are_readable_and_unbound_ones_go_nowhere() {
         "{result}"
     );
     assert!(
-        result[3].as_str().unwrap().contains("unknown field `name`"),
+        result[3]
+            .as_str()
+            .unwrap()
+            .contains("Additional properties are not allowed ('name' was unexpected)"),
         "{result}"
     );
     assert_eq!(
@@ -744,11 +741,14 @@ async fn values_are_scrubbed_from_every_channel() {
     let server = HttpServer::echo().await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut tools = tools("channels", Some(&server), &[]);
-    tools.register(
-        "leaky",
-        Arc::new(Leaky { seen: seen.clone() }),
-        std::time::Duration::from_secs(5),
-    );
+    tools
+        .register(
+            "leaky",
+            Arc::new(Leaky { seen: seen.clone() }),
+            ToolSpec::any("a test tool"),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
     let broker = broker(tools).await;
     let code = format!(
         r#"
@@ -854,18 +854,24 @@ fn handle_of(text: &str) -> String {
 async fn a_tools_arguments_are_scrubbed_before_it_runs() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut tools = tools("arguments", None, &[]);
-    tools.register(
-        "leaky",
-        Arc::new(Leaky { seen: seen.clone() }),
-        std::time::Duration::from_secs(5),
-    );
+    tools
+        .register(
+            "leaky",
+            Arc::new(Leaky { seen: seen.clone() }),
+            ToolSpec::any("a test tool"),
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
     let secrets = tools.job_secrets();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     let args = json!({"v": VALUE, "b64": base64::engine::general_purpose::STANDARD.encode(VALUE)});
-    let result = tools
-        .call(&secrets, "leaky", &args.to_string(), deadline)
-        .await
-        .unwrap();
+    let job = ToolJob {
+        id: "job",
+        secrets: &secrets,
+        deadline,
+        client_tools: &[],
+    };
+    let result = tools.call(&job, "leaky", &args.to_string()).await.unwrap();
     let handle = secrets.handle_for("api_key").unwrap();
     let received = seen.lock().unwrap()[0].clone();
     assert_eq!(received, json!({"v": handle, "b64": handle}));

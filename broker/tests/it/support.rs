@@ -217,6 +217,13 @@ pub async fn run_code(broker: &Broker, code: &str) -> Run {
     run(broker, job(code)).await
 }
 
+/// A fresh directory for one test's files.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("enclave-broker-it-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A port nothing listens on.
 pub fn dead_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enclave_broker::tools::{Tool, ToolContext, ToolError, ToolFuture};
+use enclave_broker::tools::{Tool, ToolContext, ToolError, ToolFuture, ToolJob, ToolSpec};
 use enclave_broker::{JobEvent, Tools};
 use serde_json::json;
 
@@ -74,7 +74,14 @@ async fn echo_round_trip_with_events_in_order() {
 #[tokio::test]
 async fn promise_all_runs_tool_calls_concurrently() {
     let mut tools = default_tools();
-    tools.register("sleep", Arc::new(Sleep), Duration::from_secs(5));
+    tools
+        .register(
+            "sleep",
+            Arc::new(Sleep),
+            ToolSpec::any("a test tool"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
     let broker = broker(tools).await;
     let started = Instant::now();
     let run = run_code(
@@ -109,7 +116,14 @@ async fn unknown_tool_rejects_catchably() {
 #[tokio::test]
 async fn bad_arguments_reject_catchably() {
     let mut tools = default_tools();
-    tools.register("sleep", Arc::new(Sleep), Duration::from_secs(5));
+    tools
+        .register(
+            "sleep",
+            Arc::new(Sleep),
+            ToolSpec::any("a test tool"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
     let broker = broker(tools).await;
     let run = run_code(
         &broker,
@@ -130,7 +144,14 @@ async fn bad_arguments_reject_catchably() {
 #[tokio::test]
 async fn a_tool_that_hangs_is_cut_off_at_its_deadline() {
     let mut tools = default_tools();
-    tools.register("hang", Arc::new(Hang), Duration::from_millis(300));
+    tools
+        .register(
+            "hang",
+            Arc::new(Hang),
+            ToolSpec::any("a test tool"),
+            Duration::from_millis(300),
+        )
+        .unwrap();
     let broker = broker(tools).await;
     let started = Instant::now();
     let run = run_code(
@@ -152,14 +173,24 @@ async fn a_tool_that_hangs_is_cut_off_at_its_deadline() {
 #[tokio::test]
 async fn a_tool_deadline_is_capped_by_the_job_time_left() {
     let mut tools = default_tools();
-    tools.register("hang", Arc::new(Hang), Duration::from_secs(60));
+    tools
+        .register(
+            "hang",
+            Arc::new(Hang),
+            ToolSpec::any("a test tool"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
     let secrets = tools.job_secrets();
     let started = Instant::now();
     let job_deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-    let err = tools
-        .call(&secrets, "hang", "{}", job_deadline)
-        .await
-        .unwrap_err();
+    let job = ToolJob {
+        id: "job",
+        secrets: &secrets,
+        deadline: job_deadline,
+        client_tools: &[],
+    };
+    let err = tools.call(&job, "hang", "{}").await.unwrap_err();
     assert_eq!(err.kind, enclave_broker::ToolErrorKind::Timeout);
     assert!(
         started.elapsed() < Duration::from_secs(1),

@@ -1,9 +1,11 @@
-//! The browser playground (`src/http/playground/`): its protocol code against the
-//! known-answer vectors in Node, and the real page in headless Chromium against the real
-//! `enclave-broker`, driven over the WebDriver protocol (chromedriver) with reqwest.
+//! The browser playground (`src/http/playground/`): the real page in headless Chromium
+//! against the real `enclave-broker`, driven over the WebDriver protocol (chromedriver)
+//! with reqwest. Its protocol code is the `@enclave-vm/client` package (`js/client/`),
+//! served by the broker under `/client/`; the package's own tests, the known-answer
+//! vectors included, are `tests/js` (`js/client/test/`).
 //!
-//! Needs `node` (20+), `chromium` and `chromedriver` (Debian: `nodejs chromium
-//! chromium-driver`). `CHROMEDRIVER` and `CHROMIUM` override the binaries' paths.
+//! Needs `chromium` and `chromedriver` (Debian: `chromium chromium-driver`).
+//! `CHROMEDRIVER` and `CHROMIUM` override the binaries' paths.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,32 +35,6 @@ fn target_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf()
-}
-
-// ---------------------------------------------------------------------------------------
-// The protocol code against the vectors.
-
-#[test]
-fn playground_protocol_code_matches_the_test_vectors() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/playground/vectors.mjs");
-    let out = Command::new("node")
-        .arg(&script)
-        .output()
-        .expect("running `node` (Node.js 20+ is needed for the playground tests; Debian: apt-get install nodejs)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "node {} failed ({}):\n{stdout}\n{stderr}",
-        script.display(),
-        out.status
-    );
-    assert!(
-        stdout.contains("checks passed"),
-        "unexpected output:\n{stdout}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -600,6 +576,7 @@ async fn playground_runs_a_script_in_headless_chromium() {
         .unwrap();
 
     let broker = Broker::start();
+    client_modules_are_served(&http, &broker).await;
     let driver = ChromeDriver::start(&http).await;
     let profile = temp_dir("chromium-profile");
     let wd = WebDriver::new_session(http.clone(), &driver, &profile).await;
@@ -618,6 +595,56 @@ async fn playground_runs_a_script_in_headless_chromium() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The page's protocol code: the modules of `@enclave-vm/client`, as scripts, under the
+/// same headers as every answer; nothing else under `/client/`.
+async fn client_modules_are_served(http: &reqwest::Client, broker: &Broker) {
+    let base = format!("http://{}", broker.http_addr);
+    for file in ["index.js", "client.js", "handshake.js", "channel.js"] {
+        let response = http
+            .get(format!("{base}/client/{file}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "/client/{file}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(header("content-type"), "text/javascript; charset=utf-8");
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        let source = response.text().await.unwrap();
+        let on_disk = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../js/client/src/{file}")),
+        )
+        .unwrap();
+        assert_eq!(source, on_disk, "/client/{file} is js/client/src/{file}");
+    }
+    for path in [
+        "/client/nope.js",
+        "/client/",
+        "/client/test/client.test.mjs",
+    ] {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    let app = http
+        .get(format!("{base}/app.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        app.contains("from './client/index.js'"),
+        "the page imports the package"
+    );
 }
 
 async fn drive(wd: &WebDriver, broker: &Broker) {

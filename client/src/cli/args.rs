@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a script (a file, or `-` for stdin) and print its console output and result.
     Run(RunArgs),
+    /// List the tools the broker's scripts may call: name and description, or with
+    /// --json one object per tool with its argument schema.
+    Tools(ToolsArgs),
     /// Write a new client identity (private key 0600, public key PATH.pub) and print its
     /// fingerprint, for a broker's allow-list.
     Keygen(KeygenArgs),
@@ -81,6 +84,16 @@ pub struct RunArgs {
 
     /// The script file, or `-` to read it from stdin.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ToolsArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// One JSON object per tool (`name`, `description`, `inputSchema`) instead of text.
+    #[arg(long, env = "ENCLAVE_JSON", value_parser = BoolishValueParser::new())]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,11 @@
-//! The `enclave` command line: argument parsing, the two subcommands, and how events
+//! The `enclave` command line: argument parsing, the subcommands, and how events
 //! are shown. Typed errors here; `main.rs` alone turns them into a message and a status.
 
 pub mod args;
 mod keygen;
 mod render;
 mod run;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,7 @@ pub enum CliError {
 pub async fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
     match command {
         args::Command::Run(run) => run::run(run).await,
+        args::Command::Tools(tools) => tools::tools(tools).await,
         args::Command::Keygen(keygen) => keygen::keygen(&keygen),
     }
 }

@@ -10,3 +10,4 @@ mod security;
 mod sessions;
 mod streaming;
 mod support;
+mod tools;

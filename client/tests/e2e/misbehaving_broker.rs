@@ -177,6 +177,26 @@ impl BrokerRpc for Misbehaving {
     async fn rekey(&self, _: Request<SealedRecord>) -> Result<Response<SealedRecord>, Status> {
         Err(Status::unimplemented("rekey"))
     }
+
+    async fn list_tools(&self, _: Request<SealedRecord>) -> Result<Response<SealedRecord>, Status> {
+        Err(Status::unimplemented("list tools"))
+    }
+
+    type ExecuteWithToolsStream = <Misbehaving as BrokerRpc>::ExecuteStreamStream;
+
+    async fn execute_with_tools(
+        &self,
+        _: Request<tonic::Streaming<SealedRecord>>,
+    ) -> Result<Response<Self::ExecuteWithToolsStream>, Status> {
+        Err(Status::unimplemented("client tools"))
+    }
+
+    async fn submit_tool_result(
+        &self,
+        _: Request<SealedRecord>,
+    ) -> Result<Response<SealedRecord>, Status> {
+        Err(Status::unimplemented("client tools"))
+    }
 }
 
 struct Running {

@@ -1,6 +1,6 @@
 """Python client for the enclave broker, written from docs/PROTOCOL.md (protocol v1)."""
 
-from .client import EnclaveClient, ExecuteOutcome
+from .client import ClientTool, EnclaveClient, EventStream, ExecuteOutcome, ToolInfo
 from .errors import (
     ClientAuthRequiredError,
     DowngradeError,
@@ -17,8 +17,11 @@ from .keys import generate_identity, identity_fingerprint, load_identity, load_p
 from .protocol import Suite, fingerprint, parse_fingerprint
 
 __all__ = [
+    "ClientTool",
     "EnclaveClient",
+    "EventStream",
     "ExecuteOutcome",
+    "ToolInfo",
     "ClientAuthRequiredError",
     "DowngradeError",
     "EnclaveError",

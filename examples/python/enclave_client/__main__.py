@@ -1,8 +1,9 @@
-"""python -m enclave_client --broker HOST:PORT --pin sha256:... [--stream] CODE"""
+"""python -m enclave_client --broker HOST:PORT --pin sha256:... [--stream] CODE | --tools"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -20,13 +21,22 @@ def main(argv=None) -> int:
     ap.add_argument("--level", default="STRICT", help="STRICT, SECURE, STANDARD, PERMISSIVE")
     ap.add_argument("--input", default="", help="JSON value visible to the script as `input`")
     ap.add_argument("--stream", action="store_true", help="print events as they arrive")
-    ap.add_argument("code", help="JavaScript, run as the body of an async function")
+    ap.add_argument(
+        "--tools", action="store_true", help="list the tools scripts may call (one JSON per line)"
+    )
+    ap.add_argument("code", nargs="?", help="JavaScript, run as the body of an async function")
     args = ap.parse_args(argv)
+    if (args.code is None) != args.tools:
+        ap.error("give either CODE or --tools")
 
     identity = load_identity(args.identity) if args.identity else None
     job = dict(level=args.level, input_json=args.input)
     try:
         with EnclaveClient(args.broker, args.pin, suite=args.suite, identity=identity) as client:
+            if args.tools:
+                for tool in client.list_tools():
+                    print(json.dumps(dataclasses.asdict(tool)))
+                return 0
             if args.stream:
                 for event in client.execute_stream(args.code, **job):
                     print(json.dumps(json_format.MessageToDict(event)), flush=True)

@@ -83,6 +83,10 @@ class Kind(IntEnum):
     CLOSE_RESULT = 7
     REKEY_REQUEST = 8
     REKEY_RESULT = 9
+    LIST_TOOLS_REQUEST = 10
+    LIST_TOOLS_RESULT = 11
+    TOOL_RESULT = 12
+    TOOL_RESULT_ACK = 13
 
 
 class Direction(IntEnum):
@@ -670,6 +674,8 @@ class ClientSession:
             Kind.STREAM_REQUEST,
             Kind.CLOSE_REQUEST,
             Kind.REKEY_REQUEST,
+            Kind.LIST_TOOLS_REQUEST,
+            Kind.TOOL_RESULT,
         ):
             raise ValueError(f"{kind!r} is not a request kind")
         # The request is the first record sent after the handshake: the Finished key is no

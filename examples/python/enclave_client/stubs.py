@@ -5,6 +5,7 @@ directory (or `ENCLAVE_PY_GEN_DIR`). Nothing generated is committed.
     pb = load()
     pb.broker_pb2.ClientHello(...)
     pb.broker_pb2_grpc.BrokerStub(channel)
+    pb.tools_pb2_grpc.add_ToolServiceServicer_to_server(...)   # a tool service (tool_server.py)
 
 `./generate.sh [OUT_DIR]` writes them to OUT_DIR (default build/gen) to read.
 """
@@ -24,8 +25,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # examples/python/enclave_client -> repository root
 DEFAULT_PROTO_DIR = HERE.parent.parent.parent / "proto" / "proto"
-PROTO_FILES = ["enclave/v1/job.proto", "enclave/v1/executor.proto", "enclave/v1/broker.proto"]
-MODULES = ["job_pb2", "executor_pb2", "executor_pb2_grpc", "broker_pb2", "broker_pb2_grpc"]
+PROTO_FILES = [
+    "enclave/v1/job.proto",
+    "enclave/v1/executor.proto",
+    "enclave/v1/broker.proto",
+    "enclave/v1/tools.proto",
+]
+MODULES = [
+    "job_pb2",
+    "executor_pb2",
+    "executor_pb2_grpc",
+    "broker_pb2",
+    "broker_pb2_grpc",
+    "tools_pb2",
+    "tools_pb2_grpc",
+]
 
 _lock = threading.Lock()
 _loaded: types.SimpleNamespace | None = None
@@ -62,7 +76,8 @@ def generate(out_dir: Path, proto_root: Path | None = None) -> Path:
 
 def load(gen_dir: str | os.PathLike | None = None) -> types.SimpleNamespace:
     """Generates (once per process) and imports the stubs. Returns a namespace with
-    `job_pb2`, `executor_pb2`, `executor_pb2_grpc`, `broker_pb2`, `broker_pb2_grpc`."""
+    `job_pb2`, `executor_pb2`, `executor_pb2_grpc`, `broker_pb2`, `broker_pb2_grpc`,
+    `tools_pb2`, `tools_pb2_grpc`."""
     global _loaded
     with _lock:
         if _loaded is not None:

@@ -113,6 +113,15 @@ def start_broker(tmp: Path, *extra) -> Server:
     return server
 
 
+def start_broker_with_config(tmp: Path, toml_text: str, *extra) -> Server:
+    """`start_broker` with `--config <tmp>/broker.toml` holding `toml_text`."""
+    config = tmp / "broker.toml"
+    config.write_text(toml_text)
+    server = start_broker(tmp, "--config", config, *extra)
+    server.config_path = config
+    return server
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """A broker with its embedded executor and no client authentication."""

@@ -207,7 +207,8 @@ def test_record_plaintexts_decode(vec):
     messages = {
         1: pb.ExecuteRequest, 2: pb.ExecuteResult, 3: pb.ExecuteRequest, 4: pb.StreamEvent,
         5: pb.StreamEvent, 6: pb.CloseSessionRequest, 7: pb.CloseSessionResponse,
-        8: pb.RekeyRequest, 9: pb.RekeyResponse,
+        8: pb.RekeyRequest, 9: pb.RekeyResponse, 10: pb.ListToolsRequest,
+        11: pb.ListToolsResponse, 12: pb.SubmitToolResult, 13: pb.SubmitToolResultResponse,
     }
     for rec in vec["records"]:
         msg = messages[rec["kind"]].FromString(h(rec["plaintext"]))
