@@ -27,8 +27,8 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_SPEC_BYTES: usize = 64 << 10;
 /// The longest error message a client's answer passes to the script.
 const MAX_ERROR_CHARS: usize = 1000;
-/// Answers waiting for the job to take them; a client that sends more is told to slow
-/// down (RESOURCE_EXHAUSTED) rather than held in memory.
+/// Answers waiting for the job to take them, never more in memory: past it a unary
+/// answer is told to slow down (RESOURCE_EXHAUSTED), an `ExecuteWithTools` call waits.
 const ANSWER_QUEUE: usize = 64;
 
 struct Declared {
@@ -242,6 +242,7 @@ impl Routes {
         )
     }
 
+    /// Hands `result` to the job waiting at (session, `stream_seq`), or says why not.
     pub fn deliver(
         &self,
         session_id: &[u8],

@@ -360,34 +360,30 @@ impl BrokerRpc for BrokerService {
         let mut out_rx = self.start_stream(session.clone(), seq, job, client_tools, span)?;
         // Answers come in on this call; the job's records go out on it. A bad answer
         // ends the call with its status (and so the job); the client closing its side
-        // only means no more answers.
+        // only means no more answers; the call going away (however quiet the job is:
+        // it may be waiting for this very client) ends the job at once.
         let (merged, merged_rx) = mpsc::channel(1);
         let service = self.clone();
         tokio::spawn(async move {
+            let mut answers_open = true;
             loop {
                 tokio::select! {
-                    // The job's records first: an answer that raced the job's end must
-                    // not get ahead of its final record.
+                    // The job's records before answers: an answer that raced the job's
+                    // end must not get ahead of its final record.
                     biased;
+                    () = merged.closed() => return,
                     record = out_rx.recv() => match record {
                         Some(record) => if merged.send(record).await.is_err() { return },
                         None => return,
                     },
-                    answer = inbound.message() => match answer {
+                    answer = inbound.message(), if answers_open => match answer {
                         Ok(Some(record)) => {
                             if let Err(status) = service.answer_on_stream(&session, seq, &record).await {
                                 let _ = merged.send(Err(status)).await;
                                 return;
                             }
                         }
-                        // The client's side is closed (or broke): no more answers, but
-                        // the job's records still go out.
-                        Ok(None) | Err(_) => {
-                            while let Some(record) = out_rx.recv().await {
-                                if merged.send(record).await.is_err() { return }
-                            }
-                            return;
-                        }
+                        Ok(None) | Err(_) => answers_open = false,
                     },
                 }
             }

@@ -205,6 +205,7 @@ async fn start(
             session: session.clone(),
             stream_seq: seq,
             answers,
+            running: Default::default(),
         }),
         session,
         opener: StreamOpener::new(seq),

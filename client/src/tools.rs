@@ -84,12 +84,15 @@ impl ClientTools {
     }
 }
 
-/// Answers the job's calls of the client's tools, on the job's own call.
+/// Answers the job's calls of the client's tools, on the job's own call. Dropping it
+/// (with the event stream) stops the closures still running: they hold the call's
+/// sending side open, and the call must end for the broker to see the client gone.
 pub(crate) struct Answerer {
     pub(crate) tools: ClientTools,
     pub(crate) session: Arc<Session>,
     pub(crate) stream_seq: u64,
     pub(crate) answers: mpsc::Sender<v1::SealedRecord>,
+    pub(crate) running: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Answerer {
@@ -104,7 +107,13 @@ impl Answerer {
         let session = self.session.clone();
         let answers = self.answers.clone();
         let stream_seq = self.stream_seq;
-        tokio::spawn(async move {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Finished answers leave the set as they finish, not only at the end.
+        while running.try_join_next().is_some() {}
+        running.spawn(async move {
             let outcome = match answer.await {
                 Ok(value) => tool_result::Outcome::ResultJson(value.to_string()),
                 Err(message) => tool_result::Outcome::Error(message),

@@ -90,9 +90,13 @@ fn enclave_tools_prints_the_list() {
 
 /// A broker whose client tool calls wait at most 1 s, allowing one job per session.
 fn broker_for_client_tools(name: &str) -> (Broker, TempDir) {
+    broker_with_client_tool_timeout(name, 1000)
+}
+
+fn broker_with_client_tool_timeout(name: &str, ms: u64) -> (Broker, TempDir) {
     let dir = TempDir::new(name);
     let config = dir.path().join("broker.toml");
-    std::fs::write(&config, "[jobs]\nclient_tool_timeout_ms = 1000\n").unwrap();
+    std::fs::write(&config, format!("[jobs]\nclient_tool_timeout_ms = {ms}\n")).unwrap();
     let broker = Broker::start_with(
         name,
         &[
@@ -267,7 +271,9 @@ async fn declarations_that_take_a_brokers_name_refuse_the_job() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_call_cancels_its_job() {
-    let (broker, _dir) = broker_for_client_tools("client-tools-gone");
+    // The unanswered call would end only after a minute: the job must end sooner, when
+    // the broker sees the client gone.
+    let (broker, _dir) = broker_with_client_tool_timeout("client-tools-gone", 60_000);
     let client = broker.client().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let mut events = client.execute_with_tools(
