@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::secrets::JobSecrets;
 use crate::tools::schema::ArgsCheck;
-use crate::tools::{MAX_RESULT_BYTES, ToolError, ToolErrorKind, ToolSpec, Tools};
+use crate::tools::{MAX_RESULT_BYTES, ToolError, ToolErrorKind, ToolSpec, Tools, shorten};
 
 /// Tools one job may declare: what a script's agent needs, far below what would make the
 /// per-job schema compilation costly.
@@ -192,10 +192,7 @@ pub async fn answer(
             Ok(json)
         }
         Some(tool_result::Outcome::Error(message)) => {
-            let mut short: String = message.chars().take(MAX_ERROR_CHARS).collect();
-            if short.len() < message.len() {
-                short.push('…');
-            }
+            let short = shorten(&message, MAX_ERROR_CHARS);
             Err(ToolError::failed(secrets.scrub(&short).into_owned()))
         }
         None => Err(ToolError::failed(

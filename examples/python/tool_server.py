@@ -76,7 +76,7 @@ class ToolService(pb.tools_pb2_grpc.ToolServiceServicer):
     def List(self, request, context):
         return pb.tools_pb2.ToolServiceListResponse(
             tools=[
-                pb.tools_pb2.ToolSpec(
+                pb.broker_pb2.ToolInfo(
                     name=name, description=description, input_schema_json=json.dumps(schema)
                 )
                 for name, (description, schema, _) in TOOLS.items()

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use super::source::{ListFuture, Listed, Lister};
 use super::webhook::MAX_ERROR_CHARS;
-use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec};
+use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec, shorten};
 use crate::config::{MCP_INHERITED_ENV, McpConfig};
 
 /// Opening a connection: the `initialize` handshake, and for a stdio server the start
@@ -331,7 +331,7 @@ impl Inner {
         match &error {
             ServiceError::McpError(data) => self.fail(format_args!(
                 "refused the call: {}",
-                truncate(&data.message)
+                shorten(&data.message, MAX_ERROR_CHARS)
             )),
             ServiceError::TransportSend(e) if too_large(e) => self.fail(format_args!(
                 "answered more than {} bytes",
@@ -477,14 +477,6 @@ async fn log_stderr(server: String, pid: Option<u32>, mut stderr: ChildStderr) {
     emit(&mut line, &mut dropped);
 }
 
-fn truncate(message: &str) -> String {
-    let mut short: String = message.chars().take(MAX_ERROR_CHARS).collect();
-    if short.len() < message.len() {
-        short.push('…');
-    }
-    short
-}
-
 /// What the script gets for an MCP tool's result:
 ///
 /// - `isError: true`: an Error whose message is the text of the result's text blocks
@@ -506,7 +498,7 @@ pub(crate) fn outcome(result: CallToolResult) -> Result<Value, ToolError> {
         let message = if message.trim().is_empty() {
             "the tool failed and gave no message".to_owned()
         } else {
-            truncate(&message)
+            shorten(&message, MAX_ERROR_CHARS)
         };
         return Err(ToolError::failed(message));
     }

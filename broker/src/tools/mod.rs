@@ -569,6 +569,26 @@ pub struct ToolJob<'a> {
     pub client_tools: &'a [(String, ToolSpec)],
 }
 
+/// `message` cut to `max` characters, `…` marking a cut: text from elsewhere (a
+/// service, a server, a client, a schema error quoting a value) reaches scripts bounded.
+pub(crate) fn shorten(message: &str, max: usize) -> String {
+    let mut short: String = message.chars().take(max).collect();
+    if short.len() < message.len() {
+        short.push('…');
+    }
+    short
+}
+
+/// `deadline` as milliseconds since the Unix epoch: how a service in another process
+/// is told when a call times out.
+pub(crate) fn unix_ms(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (std::time::SystemTime::now() + left)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 /// Deserialises a tool's arguments, turning serde's message into a script-facing one.
 pub(crate) fn parse_args<T: serde::de::DeserializeOwned>(
     args: serde_json::Value,

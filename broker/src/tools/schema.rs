@@ -64,11 +64,10 @@ impl ArgsCheck {
             let _ = write!(message, " at {path}");
         }
         let _ = write!(message, ": {error}");
-        if message.chars().count() > MAX_MESSAGE_CHARS {
-            message = message.chars().take(MAX_MESSAGE_CHARS).collect();
-            message.push('…');
-        }
-        Err(ToolError::bad_args(message))
+        Err(ToolError::bad_args(super::shorten(
+            &message,
+            MAX_MESSAGE_CHARS,
+        )))
     }
 }
 

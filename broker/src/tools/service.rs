@@ -5,7 +5,7 @@
 //! reaches the script on failure names the service, never its address.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use enclave_proto::v1::tool_call_response::Outcome;
 use enclave_proto::v1::tool_service_client::ToolServiceClient;
@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::source::{ListFuture, Listed, Lister};
 use super::webhook::MAX_ERROR_CHARS;
-use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec, ToolsError};
+use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec, ToolsError, shorten, unix_ms};
 use crate::config::ToolServiceConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,10 +74,7 @@ impl Inner {
             name: cx.name.to_owned(),
             args_json: args_json.to_string(),
             job_id: cx.job_id.to_owned(),
-            deadline_unix_ms: (SystemTime::now() + left)
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
+            deadline_unix_ms: unix_ms(cx.deadline),
         });
         request.set_timeout(left);
         let answer = self
@@ -100,11 +97,7 @@ impl Inner {
             Some(Outcome::ResultJson(json)) => serde_json::from_str(&json)
                 .map_err(|_| self.fail("answered a result that is not JSON")),
             Some(Outcome::Error(message)) => {
-                let mut short: String = message.chars().take(MAX_ERROR_CHARS).collect();
-                if short.len() < message.len() {
-                    short.push('…');
-                }
-                Err(ToolError::failed(short))
+                Err(ToolError::failed(shorten(&message, MAX_ERROR_CHARS)))
             }
             None => Err(self.fail("answered neither a result nor an error")),
         }

@@ -9,14 +9,13 @@
 //! What reaches the script on failure names the service, never its address or what its
 //! error page said: those go to the broker's log.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec, ToolsError};
+use super::{Tool, ToolContext, ToolError, ToolFuture, ToolSpec, ToolsError, shorten, unix_ms};
 use crate::config::{DeclaredTool, ToolServiceConfig};
 
 /// The signature header's name.
@@ -174,14 +173,7 @@ fn outcome(answer: &[u8]) -> Result<Result<Value, ToolError>, String> {
     }
     match answer.remove("error") {
         Some(Value::String(message)) => {
-            let message = if message.chars().count() > MAX_ERROR_CHARS {
-                let mut short: String = message.chars().take(MAX_ERROR_CHARS).collect();
-                short.push('…');
-                short
-            } else {
-                message
-            };
-            Ok(Err(ToolError::failed(message)))
+            Ok(Err(ToolError::failed(shorten(&message, MAX_ERROR_CHARS))))
         }
         _ => Err(not_an_answer()),
     }
@@ -199,15 +191,6 @@ pub(crate) fn sign(key: &[u8], t: u64, body: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// `deadline` as milliseconds since the Unix epoch.
-fn unix_ms(deadline: Instant) -> u64 {
-    let left = deadline.saturating_duration_since(Instant::now());
-    (SystemTime::now() + left)
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
 }
 
 /// A declared tool's spec, its TOML schema as JSON.

@@ -12,8 +12,8 @@ use enclave_broker::secrets::HANDLE_PREFIX;
 use enclave_proto::v1::tool_call_response::Outcome;
 use enclave_proto::v1::tool_service_server::{ToolService, ToolServiceServer};
 use enclave_proto::v1::{
-    ToolCallRequest, ToolCallResponse, ToolServiceListRequest, ToolServiceListResponse,
-    ToolSpec as WireSpec,
+    ToolCallRequest, ToolCallResponse, ToolInfo as WireSpec, ToolServiceListRequest,
+    ToolServiceListResponse,
 };
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
